@@ -1,0 +1,45 @@
+"""glimp-graph: GlimpRouter as a LangGraph state machine.
+
+A small model glimps one token of each reasoning step; the entropy of that token decides whether the small
+model writes the step or the large model does. The large model always writes the final answer.
+"""
+
+from glimp_graph.config import Endpoint, GlimpConfig
+from glimp_graph.entropy import ESTIMATORS
+from glimp_graph.errors import (
+    BadResponseError,
+    EndpointError,
+    EstimatorError,
+    GlimpError,
+    InputError,
+    LogprobsUnavailableError,
+)
+from glimp_graph.graph import create_glimp_graph
+from glimp_graph.prompts import PRESETS, R1, STEPS, PromptTemplate
+from glimp_graph.state import Decision, GlimpInput, GlimpOutput, GlimpState, Probe, RunStats, Step
+
+__all__ = [
+    "ESTIMATORS",
+    "PRESETS",
+    "R1",
+    "STEPS",
+    "BadResponseError",
+    "Decision",
+    "Endpoint",
+    "EndpointError",
+    "EstimatorError",
+    "GlimpConfig",
+    "GlimpError",
+    "GlimpInput",
+    "GlimpOutput",
+    "GlimpState",
+    "InputError",
+    "LogprobsUnavailableError",
+    "Probe",
+    "PromptTemplate",
+    "RunStats",
+    "Step",
+    "create_glimp_graph",
+]
+
+__version__ = "0.1.0"

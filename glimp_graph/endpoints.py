@@ -1,0 +1,283 @@
+"""Talking to OpenAI-compatible servers: the one place for request shaping and response parsing.
+
+Calls go through ``langchain-openai``'s ``ChatOpenAI`` (so LangSmith traces every call) with the chat API and a
+partial assistant message that the server continues (``continue_final_message``). Servers differ in what they
+return for a continuation: vLLM returns only the new text, llama.cpp's server returns the prefix too. A
+:class:`ModelClient` learns the server kind once (``GET /models``) and always hands back only the new text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatResult
+from langchain_openai import ChatOpenAI
+
+from glimp_graph.config import Endpoint, ServerKind
+from glimp_graph.errors import BadResponseError, EndpointError, LogprobsUnavailableError
+from glimp_graph.state import Role, StepEnd
+
+_CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}
+
+
+class _ChatOpenAI(ChatOpenAI):
+    """``ChatOpenAI`` that keeps vLLM's ``stop_reason`` (a matched stop string, or None at end of sequence)."""
+
+    def _create_chat_result(self, response: dict | openai.BaseModel, generation_info: dict | None = None) -> ChatResult:
+        result = super()._create_chat_result(response, generation_info)
+        raw = response if isinstance(response, dict) else response.model_dump()
+        for gen, choice in zip(result.generations, raw.get("choices") or [], strict=False):
+            if isinstance(choice, dict) and "stop_reason" in choice:
+                gen.message.response_metadata["stop_reason"] = choice["stop_reason"]
+        return result
+
+
+@dataclass(frozen=True)
+class Request:
+    """One model call: the conversation, the partial assistant text to continue, and the sampling.
+
+    Attributes:
+        messages: System / user / history messages as ``{"role", "content"}`` dicts.
+        prefix: Partial assistant message to continue ("" starts a fresh assistant turn).
+        max_tokens: Token cap.
+        stop: Stop strings.
+        temperature: Sampling temperature (``None``: the endpoint's).
+        top_p: Nucleus sampling (``None``: the endpoint's).
+        top_logprobs: Log-probabilities to return for each token (``None``: none).
+        run_name: Name of the LLM run in traces.
+        tags: Trace tags.
+        metadata: Trace metadata.
+
+    """
+
+    messages: list[dict[str, str]]
+    prefix: str
+    max_tokens: int
+    stop: list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_logprobs: int | None = None
+    run_name: str = "model"
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a model call produced.
+
+    Attributes:
+        text: Only the new text (never the prefix).
+        end: Why generation ended (``"stop"``: a stop string or end of sequence, the server does not say which).
+        tokens: Completion tokens.
+        prompt_tokens: Prompt tokens.
+        top_logprobs: Top log-probabilities of the first generated token, ``(token, logprob)``, if asked for.
+        seconds: Wall time of the call.
+
+    """
+
+    text: str
+    end: StepEnd
+    tokens: int
+    prompt_tokens: int
+    top_logprobs: list[tuple[str, float]] | None
+    seconds: float
+
+
+class ModelClient:
+    """One endpoint in one role (``"small"`` or ``"large"``): sync and async calls sharing all logic.
+
+    Args:
+        endpoint: The endpoint's settings.
+        role: The role this endpoint plays; it names the endpoint in errors and tags its traces.
+
+    """
+
+    def __init__(self, endpoint: Endpoint, role: Role) -> None:
+        self.endpoint = endpoint
+        self.role = role
+        self._server: ServerKind | None = None if endpoint.server == "auto" else endpoint.server
+        self.vocab_size: int | None = None
+        self._llm = _ChatOpenAI(
+            model=endpoint.model,
+            base_url=endpoint.base_url,
+            api_key=endpoint.api_key,
+            temperature=endpoint.temperature,
+            top_p=endpoint.top_p,
+            seed=endpoint.seed,
+            timeout=endpoint.timeout,
+            max_retries=endpoint.max_retries,
+            use_responses_api=False,
+            name=f"{role}_model",
+        )
+
+    def __repr__(self) -> str:
+        return f"ModelClient(role={self.role!r}, model={self.endpoint.model!r}, base_url={self.endpoint.base_url!r})"
+
+    # -- server kind -------------------------------------------------------------------------------------------
+    def _learn_server(self, models: Any) -> None:
+        data = list(getattr(models, "data", None) or [])
+        entry = next((m for m in data if getattr(m, "id", None) == self.endpoint.model), data[0] if data else None)
+        owner = str(getattr(entry, "owned_by", "") or "").lower()
+        self._server = "vllm" if owner == "vllm" else "llama.cpp" if owner.startswith("llama") else "openai"
+        meta = getattr(entry, "meta", None) or {}
+        if isinstance(meta, dict) and isinstance(meta.get("n_vocab"), int):
+            self.vocab_size = meta["n_vocab"]
+
+    def server_kind(self) -> ServerKind:
+        """The server's kind, asked once with ``GET /models`` when the endpoint says ``"auto"``."""
+        if self._server is None:
+            with self._errors():
+                self._learn_server(self._llm.root_client.models.list())
+        assert self._server is not None
+        return self._server
+
+    async def aserver_kind(self) -> ServerKind:
+        """Async :meth:`server_kind`."""
+        if self._server is None:
+            with self._errors():
+                self._learn_server(await self._llm.root_async_client.models.list())
+        assert self._server is not None
+        return self._server
+
+    # -- calls -------------------------------------------------------------------------------------------------
+    def complete(self, request: Request) -> Completion:
+        """Send ``request`` and wait for the completion."""
+        server = self.server_kind()
+        messages, kwargs, config = self._shape(request, server)
+        start = time.perf_counter()
+        with self._errors():
+            message = self._llm.invoke(messages, config=config, **kwargs)
+        return self._parse(request, server, message, time.perf_counter() - start)
+
+    async def acomplete(self, request: Request) -> Completion:
+        """Async :meth:`complete`."""
+        server = await self.aserver_kind()
+        messages, kwargs, config = self._shape(request, server)
+        start = time.perf_counter()
+        with self._errors():
+            message = await self._llm.ainvoke(messages, config=config, **kwargs)
+        return self._parse(request, server, message, time.perf_counter() - start)
+
+    def _shape(self, request: Request, server: ServerKind) -> tuple[list[dict[str, str]], dict[str, Any], dict]:
+        messages = list(request.messages)
+        kwargs: dict[str, Any] = {"max_tokens": request.max_tokens}
+        if request.prefix:
+            messages.append({"role": "assistant", "content": request.prefix})
+            kwargs["extra_body"] = dict(_CONTINUE)
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        if request.top_p is not None:
+            kwargs["top_p"] = request.top_p
+        if request.top_logprobs is not None:
+            kwargs["logprobs"] = True
+            kwargs["top_logprobs"] = request.top_logprobs
+        config = {
+            "run_name": request.run_name,
+            "tags": ["glimp", f"glimp:{self.role}", *request.tags],
+            "metadata": {"glimp_role": self.role, "glimp_server": server, **request.metadata},
+        }
+        return messages, kwargs, config
+
+    def _parse(self, request: Request, server: ServerKind, message: BaseMessage, seconds: float) -> Completion:
+        if not isinstance(message, AIMessage) or not isinstance(message.content, str):
+            raise self._bad(BadResponseError, f"expected a text chat completion, got {message!r:.200}")
+        text = message.content
+        if server == "llama.cpp" and request.prefix:
+            if not text.startswith(request.prefix):
+                raise self._bad(
+                    BadResponseError,
+                    "llama.cpp's server was expected to return the continued prefix, but the text does not start "
+                    "with it; set Endpoint(server=...) to the right server kind",
+                )
+            text = text[len(request.prefix) :]
+        meta = message.response_metadata
+        finish = meta.get("finish_reason")
+        end = _end_of(finish, meta, server)
+        usage = message.usage_metadata or {}
+        top = None
+        if request.top_logprobs is not None:
+            top = self._first_top_logprobs(meta.get("logprobs"), text, end)
+        return Completion(
+            text=text,
+            end=end,
+            tokens=int(usage.get("output_tokens", 0)),
+            prompt_tokens=int(usage.get("input_tokens", 0)),
+            top_logprobs=top,
+            seconds=seconds,
+        )
+
+    def _first_top_logprobs(self, logprobs: Any, text: str, end: StepEnd) -> list[tuple[str, float]]:
+        content = logprobs.get("content") if isinstance(logprobs, dict) else None
+        if not content:
+            raise self._bad(
+                LogprobsUnavailableError,
+                "the response carries no log-probabilities; the probe needs them: serve the small model with "
+                "vLLM (--max-logprobs >= top_k) or llama.cpp's server, which return top_logprobs",
+            )
+        top = content[0].get("top_logprobs") or []
+        pairs = [(str(t.get("token", "")), float(t["logprob"])) for t in top if t.get("logprob") is not None]
+        if not pairs:
+            raise self._bad(
+                LogprobsUnavailableError,
+                "the response has a token but an empty top_logprobs list; the server must honour top_logprobs "
+                "(vLLM: start it with --max-logprobs >= top_k)",
+            )
+        return pairs
+
+    # -- errors ------------------------------------------------------------------------------------------------
+    def _bad(self, cls: type[EndpointError], message: str) -> EndpointError:
+        return cls(self.role, self.endpoint.base_url, message)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn client exceptions into :class:`EndpointError` s that name the endpoint and say what to fix."""
+        try:
+            yield
+        except EndpointError:
+            raise
+        except openai.APITimeoutError as exc:
+            waited = f"no answer within {self.endpoint.timeout:g} s (after {self.endpoint.max_retries} retries)"
+            raise self._bad(EndpointError, waited) from exc
+        except openai.APIConnectionError as exc:
+            raise self._bad(
+                EndpointError, f"cannot connect ({exc.__cause__ or exc}); is the server running at this URL?"
+            ) from exc
+        except openai.AuthenticationError as exc:
+            raise self._bad(EndpointError, "the server refused the API key (HTTP 401); check api_key") from exc
+        except openai.NotFoundError as exc:
+            raise self._bad(
+                EndpointError,
+                f"HTTP 404 ({_body(exc)}); check base_url (it usually ends in /v1) and the model name "
+                f"{self.endpoint.model!r}",
+            ) from exc
+        except openai.APIStatusError as exc:
+            raise self._bad(EndpointError, f"HTTP {exc.status_code}: {_body(exc)}") from exc
+        except (openai.APIResponseValidationError, ValueError, KeyError, TypeError) as exc:
+            raise self._bad(BadResponseError, f"the server's answer is not a valid chat completion: {exc}") from exc
+
+
+def _body(exc: openai.APIStatusError) -> str:
+    try:
+        text = exc.response.text
+    except Exception:
+        text = str(exc)
+    return text[:300]
+
+
+def _end_of(finish: str | None, meta: dict[str, Any], server: ServerKind) -> StepEnd:
+    if finish == "length":
+        return "length"
+    if finish != "stop":
+        return "stop"
+    if "stop_reason" in meta:
+        return "eos" if meta["stop_reason"] is None else "delimiter"
+    return "stop"

@@ -1,0 +1,44 @@
+"""Runs node logic written once as a generator, synchronously or asynchronously.
+
+A node's logic yields ``(client, request)`` pairs and receives the :class:`~glimp_graph.endpoints.Completion`
+back; it returns the state update. :func:`as_node` wraps it in a ``RunnableLambda`` whose sync body calls
+``client.complete`` and whose async body awaits ``client.acomplete``, so ``invoke`` and ``ainvoke`` share every
+line of the logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig, RunnableLambda
+
+from glimp_graph.endpoints import Completion, ModelClient, Request
+
+Call = tuple[ModelClient, Request]
+Logic = Callable[[dict[str, Any], RunnableConfig], Generator[Call, Completion, Any]]
+
+
+def as_node(logic: Logic, name: str) -> RunnableLambda:
+    """Wrap generator ``logic`` as a LangGraph node with both a sync and an async body."""
+
+    def run(state: dict[str, Any], config: RunnableConfig) -> Any:
+        gen = logic(state, config)
+        try:
+            client, request = next(gen)
+            while True:
+                client, request = gen.send(client.complete(request))
+        except StopIteration as done:
+            return done.value
+
+    async def arun(state: dict[str, Any], config: RunnableConfig) -> Any:
+        gen = logic(state, config)
+        try:
+            client, request = next(gen)
+            while True:
+                client, request = gen.send(await client.acomplete(request))
+        except StopIteration as done:
+            return done.value
+
+    run.__name__ = arun.__name__ = name
+    return RunnableLambda(run, afunc=arun, name=name)

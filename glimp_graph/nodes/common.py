@@ -1,0 +1,60 @@
+"""What every node shares: the router's parts and helpers that read the state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from langgraph.config import get_stream_writer
+
+from glimp_graph.config import GlimpConfig
+from glimp_graph.endpoints import ModelClient
+from glimp_graph.state import Step
+
+
+@dataclass(frozen=True)
+class Router:
+    """The settings and the two model clients, built once by the factory and handed to every node."""
+
+    config: GlimpConfig
+    small: ModelClient
+    large: ModelClient
+
+
+def steps_of(state: dict[str, Any]) -> list[Step]:
+    """The steps written so far."""
+    return list(state.get("glimp_steps") or [])
+
+
+def conversation(state: dict[str, Any], router: Router) -> list[dict[str, str]]:
+    """System, history and the user message for the question, as chat messages."""
+    prompt = router.config.prompt
+    messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    messages.extend(state.get("glimp_history") or [])
+    messages.append({"role": "user", "content": prompt.user_message(state["glimp_question"])})
+    return messages
+
+
+def trace_prefix(state: dict[str, Any], router: Router) -> str:
+    """The partial assistant message that the next step continues: the reasoning so far, each step delimited."""
+    delimiter = router.config.delimiter
+    return router.config.prompt.think_prefix + "".join(s.text + delimiter for s in steps_of(state))
+
+
+def thinking_tokens(steps: list[Step]) -> int:
+    """Tokens of the reasoning so far."""
+    return sum(s.tokens for s in steps)
+
+
+def trace_metadata(state: dict[str, Any], index: int, **extra: Any) -> dict[str, Any]:
+    """Metadata attached to a model call so that LangSmith shows the routing decision."""
+    return {"glimp_step": index, "glimp_tau": state.get("glimp_run_tau"), **extra}
+
+
+def emit(event: dict[str, Any]) -> None:
+    """Send ``event`` to ``stream_mode="custom"`` consumers (a no-op outside a streaming run)."""
+    try:
+        writer = get_stream_writer()
+    except RuntimeError:  # called outside a graph run
+        return
+    writer(event)

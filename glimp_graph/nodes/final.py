@@ -1,0 +1,69 @@
+"""The ``final_answer`` node: the large model always writes the answer, from the question and the whole trace."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from typing import Any
+
+from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableConfig
+
+from glimp_graph.endpoints import Completion, Request
+from glimp_graph.nodes._driver import Call
+from glimp_graph.nodes.common import Router, conversation, emit, steps_of, thinking_tokens, trace_metadata
+from glimp_graph.state import RunStats, Step
+
+
+def reasoning_text(steps: list[Step], router: Router) -> str:
+    """The reasoning as one text: the steps joined by the delimiter."""
+    return router.config.delimiter.join(s.text for s in steps)
+
+
+def final_answer(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> Generator[Call, Completion, dict]:
+    """Write the final answer with the large model and compute the run's statistics."""
+    steps = steps_of(state)
+    reasoning = reasoning_text(steps, router)
+    prompt = router.config.prompt
+    done = yield (
+        router.large,
+        Request(
+            messages=conversation(state, router),
+            prefix=prompt.think_prefix + reasoning + prompt.answer_prefix,
+            max_tokens=router.config.final_max_tokens,
+            run_name="final_answer",
+            metadata=trace_metadata(state, len(steps), glimp_route="large", glimp_stop_reason=state.get("glimp_stop")),
+        ),
+    )
+    answer = done.text.strip()
+    stats = run_stats(state, steps, done, router)
+    emit({"type": "final", "answer": answer, "stats": stats.model_dump()})
+    update: dict[str, Any] = {"glimp_answer": answer, "glimp_stats": stats}
+    if state.get("glimp_from_messages"):
+        update["messages"] = [AIMessage(content=answer, additional_kwargs={"reasoning_content": reasoning})]
+    return update
+
+
+def run_stats(state: dict[str, Any], steps: list[Step], final: Completion, router: Router) -> RunStats:
+    """Aggregate the steps and the final answer into :class:`RunStats`."""
+    small = [s for s in steps if s.model == "small"]
+    large = [s for s in steps if s.model == "large"]
+    probes = int(state.get("glimp_probes", 0))
+    reused = sum(1 for s in small if router.config.reuse_probe_token and s.tokens > 0)
+    return RunStats(
+        steps=len(steps),
+        small_steps=len(small),
+        large_steps=len(large),
+        large_share=len(large) / len(steps) if steps else 0.0,
+        small_tokens=sum(s.tokens for s in small) + probes - reused,
+        large_tokens=sum(s.tokens for s in large) + final.tokens,
+        thinking_tokens=thinking_tokens(steps),
+        final_tokens=final.tokens,
+        probes=probes,
+        probe_seconds=float(state.get("glimp_probe_seconds", 0.0)),
+        final_seconds=final.seconds,
+        wall_seconds=time.time() - float(state["glimp_started"]),
+        stop_reason=state.get("glimp_stop") or "end_of_sequence",
+        tau=float(state["glimp_run_tau"]),
+        estimator=router.config.estimator_name,
+    )

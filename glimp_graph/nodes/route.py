@@ -1,0 +1,20 @@
+"""The ``route`` node: the whole routing contract, one score against one threshold."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langgraph.types import Command
+
+from glimp_graph.nodes.common import emit
+from glimp_graph.state import Decision
+
+
+def route(state: dict[str, Any]) -> Command[Literal["small_step", "large_step"]]:
+    """Send the step to the small model when ``H_init <= tau``, else to the large model."""
+    probe = state["glimp_probe"]
+    tau = state["glimp_run_tau"]
+    model = "small" if probe.h_init <= tau else "large"
+    decision = Decision(index=probe.index, h_init=probe.h_init, tau=tau, model=model)
+    emit({"type": "route", **decision.model_dump(), "probe_token": probe.token})
+    return Command(goto=f"{model}_step", update={"glimp_decision": decision})

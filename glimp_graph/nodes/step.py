@@ -1,0 +1,111 @@
+"""The ``small_step`` and ``large_step`` nodes: write one reasoning step, then decide whether reasoning ends."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+
+from glimp_graph.endpoints import Completion, Request
+from glimp_graph.nodes._driver import Call
+from glimp_graph.nodes.common import (
+    Router,
+    conversation,
+    emit,
+    steps_of,
+    thinking_tokens,
+    trace_metadata,
+    trace_prefix,
+)
+from glimp_graph.state import Probe, Role, Step, StepEnd, StopReason
+
+
+def _request(state: dict[str, Any], router: Router, role: Role, prefix: str, max_tokens: int) -> Request:
+    probe: Probe = state["glimp_probe"]
+    return Request(
+        messages=conversation(state, router),
+        prefix=prefix,
+        max_tokens=max_tokens,
+        stop=[router.config.delimiter],
+        run_name=f"{role}_step",
+        metadata=trace_metadata(state, probe.index, glimp_h_init=probe.h_init, glimp_route=role),
+    )
+
+
+def _budget(state: dict[str, Any], router: Router) -> int:
+    spent = thinking_tokens(steps_of(state))
+    return min(router.config.max_step_tokens, router.config.max_thinking_tokens - spent)
+
+
+def small_step(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> Generator[Call, Completion, dict]:
+    """The small model writes the step, continuing from the probed token (unless reuse is switched off)."""
+    probe: Probe = state["glimp_probe"]
+    delimiter = router.config.delimiter
+    budget = _budget(state, router)
+    prefix = trace_prefix(state, router)
+    if probe.eos:
+        text, tokens, seconds, end = "", 0, 0.0, "eos"
+    elif delimiter in probe.token:
+        text, tokens, seconds, end = probe.token.split(delimiter, 1)[0], 1, 0.0, "delimiter"
+    elif not router.config.reuse_probe_token:
+        done = yield router.small, _request(state, router, "small", prefix, budget)
+        text, tokens, seconds, end = done.text, done.tokens, done.seconds, done.end
+    elif budget <= 1:
+        text, tokens, seconds, end = probe.token, 1, 0.0, "length"
+    else:
+        done = yield router.small, _request(state, router, "small", prefix + probe.token, budget - 1)
+        text, tokens, seconds, end = probe.token + done.text, 1 + done.tokens, done.seconds, done.end
+    return finish_step(state, router, "small", text, tokens, seconds, end)
+
+
+def large_step(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> Generator[Call, Completion, dict]:
+    """The large model writes the whole step from the trace (the probed token is not used)."""
+    budget = _budget(state, router)
+    done = yield router.large, _request(state, router, "large", trace_prefix(state, router), budget)
+    end = done.end
+    if not done.text and end == "stop":
+        end = "eos"  # nothing written: the large model ended its turn
+    return finish_step(state, router, "large", done.text, done.tokens, done.seconds, end)
+
+
+def _stop_reason(text: str, end: StepEnd, steps: list[Step], router: Router) -> tuple[str, StopReason | None]:
+    prompt = router.config.prompt
+    cut = min((text.index(m) for m in prompt.end_markers if m in text), default=None)
+    if cut is not None:
+        return text[:cut], "think_end"
+    if any(m in text for m in prompt.answer_markers):
+        return text, "answer_marker"
+    if end == "eos":
+        return text, "end_of_sequence"
+    if router.config.stop_on_repeat and steps and steps[-1].text.strip() == text.strip():
+        return text, "repeated_step"
+    return text, None
+
+
+def finish_step(
+    state: dict[str, Any], router: Router, role: Role, text: str, tokens: int, seconds: float, end: StepEnd
+) -> dict[str, Any]:
+    """Record the step and whether the reasoning ends with it."""
+    probe: Probe = state["glimp_probe"]
+    steps = steps_of(state)
+    text, stop = _stop_reason(text, end, steps, router)
+    step = Step(
+        index=probe.index,
+        model=role,
+        text=text,
+        h_init=probe.h_init,
+        tau=state["glimp_run_tau"],
+        probe_token=probe.token,
+        tokens=tokens,
+        seconds=seconds,
+        probe_seconds=probe.seconds,
+        end=end,
+    )
+    steps.append(step)
+    if stop is None and thinking_tokens(steps) >= router.config.max_thinking_tokens:
+        stop = "token_budget"
+    if stop is None and len(steps) >= router.config.max_steps:
+        stop = "step_budget"
+    emit({"type": "step", **step.model_dump(), "stop_reason": stop})
+    return {"glimp_steps": steps, "glimp_stop": stop}

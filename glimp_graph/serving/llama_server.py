@@ -1,0 +1,336 @@
+"""Build (once) and find llama.cpp's ``llama-server`` binary.
+
+The source is the llama.cpp tree vendored in the ``llama-cpp-python`` sdist on PyPI, so no network access
+beyond PyPI is needed. The binary is cached under ``<cache>/bin`` with a name keyed by the version, the CMake
+flags and (for native builds) the CPU, so only the first run pays for the build (minutes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+from glimp_graph.serving._paths import file_lock, resolve_cache_dir, tail
+from glimp_graph.serving.errors import ServingError
+
+__all__ = [
+    "LLAMA_CPP_PYTHON_VERSION",
+    "build_llama_server",
+    "cmake_flags",
+    "find_llama_server",
+    "llama_server_path",
+]
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+"""Version of the ``llama-cpp-python`` sdist whose vendored llama.cpp is built."""
+
+_BASE_FLAGS: tuple[str, ...] = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DBUILD_SHARED_LIBS=OFF",
+)
+_PROGRESS_RE = re.compile(r"^\[\s*(\d+)%\]")
+_NINJA_PROGRESS_RE = re.compile(r"^\[(\d+)/(\d+)\]")
+
+
+def cmake_flags(*, native: bool = True) -> list[str]:
+    """Return the CMake configure flags used for the build.
+
+    Args:
+        native: Optimise for this CPU (``GGML_NATIVE=ON``); ``False`` gives a portable binary.
+
+    Returns:
+        The ``-D`` flags, in order.
+
+    """
+    return [*_BASE_FLAGS, f"-DGGML_NATIVE={'ON' if native else 'OFF'}"]
+
+
+def _cpu_signature() -> str:
+    """Return the first ``model name`` and ``flags`` lines of ``/proc/cpuinfo`` (empty when unavailable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        import platform
+
+        return f"{platform.machine()} {platform.processor()}"
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if sep and key in ("model name", "flags") and key not in found:
+            found[key] = value.strip()
+        if len(found) == 2:
+            break
+    return f"{found.get('model name', '')}\n{found.get('flags', '')}"
+
+
+def _build_key(*, native: bool) -> str:
+    parts = [LLAMA_CPP_PYTHON_VERSION, *cmake_flags(native=native)]
+    if native:
+        parts.append(_cpu_signature())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def llama_server_path(cache_dir: str | os.PathLike[str] | None = None, *, native: bool = True) -> Path:
+    """Return where the cached binary for this version, flags and CPU lives (it may not exist).
+
+    Args:
+        cache_dir: Cache root; ``None`` means :func:`~glimp_graph.serving.default_cache_dir`.
+        native: Whether the path is for a native (``GGML_NATIVE=ON``) or a portable build.
+
+    Returns:
+        ``<cache>/bin/llama-server-<version>-<key>``.
+
+    """
+    root = resolve_cache_dir(cache_dir)
+    return root / "bin" / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}-{_build_key(native=native)}"
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def find_llama_server(cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """Return a cached ``llama-server`` binary if one was built for this machine, else ``None``.
+
+    The native build for this CPU is preferred over the portable one.
+
+    Args:
+        cache_dir: Cache root; ``None`` means :func:`~glimp_graph.serving.default_cache_dir`.
+
+    Returns:
+        The binary's path, or ``None``.
+
+    """
+    for native in (True, False):
+        path = llama_server_path(cache_dir, native=native)
+        if _is_executable(path):
+            return path
+    return None
+
+
+def _find_cmake() -> str:
+    found = shutil.which("cmake")
+    if found:
+        return found
+    try:
+        import cmake  # type: ignore[import-not-found]
+
+        candidate = Path(cmake.CMAKE_BIN_DIR) / "cmake"
+        if _is_executable(candidate):
+            return str(candidate)
+    except (ImportError, AttributeError):
+        pass
+    raise ServingError(
+        "building llama-server needs CMake, which was not found: install it with `pip install cmake` "
+        "(or your system's package manager, e.g. `apt-get install cmake`)"
+    )
+
+
+def _check_compilers() -> None:
+    if not any(shutil.which(name) for name in ("c++", "g++", "clang++")):
+        raise ServingError(
+            "building llama-server needs a C++ compiler (c++, g++ or clang++), none was found: install one, "
+            "e.g. `apt-get install g++` or `xcode-select --install`"
+        )
+    if not any(shutil.which(name) for name in ("cc", "gcc", "clang")):
+        raise ServingError(
+            "building llama-server needs a C compiler (cc, gcc or clang), none was found: install one, "
+            "e.g. `apt-get install gcc`"
+        )
+
+
+def _generator_args() -> list[str]:
+    if shutil.which("make") or shutil.which("gmake"):
+        return []  # CMake's default (Unix Makefiles) prints "[ NN%]" progress lines
+    if shutil.which("ninja"):
+        return ["-G", "Ninja"]
+    raise ServingError("building llama-server needs `make` or `ninja`; install one (e.g. `apt-get install make`)")
+
+
+def _fetch_sdist(src_dir: Path) -> Path:
+    name = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+    sdist = src_dir / name
+    if sdist.is_file():
+        return sdist
+    src_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="glimp-sdist-", dir=src_dir) as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise ServingError(
+                f"pip download of llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} (sdist) failed "
+                f"(exit {proc.returncode}):\n{tail(proc.stderr or proc.stdout, 20)}"
+            )
+        found = sorted(Path(tmp).glob("*.tar.gz"))
+        if not found:
+            raise ServingError(f"pip download of llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} produced no sdist")
+        os.replace(found[0], sdist)
+    return sdist
+
+
+def _extract_llama_cpp(sdist: Path, dest: Path) -> Path:
+    """Extract ``<top>/vendor/llama.cpp`` from the sdist into ``dest`` and return the source root."""
+    marker = "/vendor/llama.cpp/"
+    with tarfile.open(sdist, "r:gz") as archive:
+        members = [m for m in archive.getmembers() if marker in m.name + "/"]
+        if not members:
+            raise ServingError(f"{sdist.name} has no vendor/llama.cpp tree")
+        kwargs: dict[str, object] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        archive.extractall(dest, members=members, **kwargs)  # type: ignore[arg-type]
+    top = members[0].name.split("/", 1)[0]
+    root = dest / top / "vendor" / "llama.cpp"
+    if not (root / "CMakeLists.txt").is_file():
+        raise ServingError(f"{sdist.name}: vendor/llama.cpp has no CMakeLists.txt")
+    return root
+
+
+def _run_logged(cmd: list[str], log: TextIO, *, bar: Any = None, cwd: Path | None = None) -> int:
+    """Run ``cmd`` appending its merged output to ``log``; advance ``bar`` from progress lines."""
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    with subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if bar is not None:
+                pct = None
+                if match := _PROGRESS_RE.match(line):
+                    pct = int(match.group(1))
+                elif match := _NINJA_PROGRESS_RE.match(line):
+                    pct = 100 * int(match.group(1)) // max(1, int(match.group(2)))
+                if pct is not None and pct > bar.n:
+                    bar.update(pct - bar.n)
+        rc = proc.wait()
+    log.write(f"# exit code {rc}\n")
+    log.flush()
+    return rc
+
+
+def build_llama_server(
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    native: bool = True,
+    progress: bool = True,
+    jobs: int | None = None,
+) -> Path:
+    """Return the cached ``llama-server`` binary, building it from source on first use.
+
+    The build downloads the ``llama-cpp-python`` sdist (kept in ``<cache>/src``), configures its vendored
+    llama.cpp with :func:`cmake_flags`, builds only the ``llama-server`` target, and atomically copies the
+    binary to :func:`llama_server_path`. The build output goes to ``<cache>/logs/llama-server-build.log``.
+    A file lock makes concurrent callers wait for one build. About 7 minutes on 2 cores.
+
+    Args:
+        cache_dir: Cache root; ``None`` means :func:`~glimp_graph.serving.default_cache_dir`.
+        native: Optimise for this CPU (``GGML_NATIVE=ON``); ``False`` builds a portable binary.
+        progress: Show a tqdm progress bar driven by the build's ``[ NN%]`` lines.
+        jobs: Parallel compile jobs; ``None`` means ``os.cpu_count()``.
+
+    Returns:
+        Path of the executable.
+
+    Raises:
+        ServingError: CMake, a compiler or make is missing, the sdist download failed, or the build failed
+            (the message names the log file and shows its last 30 lines).
+
+    """
+    root = resolve_cache_dir(cache_dir)
+    target = llama_server_path(root, native=native)
+    if _is_executable(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(root / "bin" / ".llama-server-build.lock"):
+        if _is_executable(target):
+            return target
+        _build(root, target, native=native, progress=progress, jobs=jobs or os.cpu_count() or 1)
+    return target
+
+
+def _build(root: Path, target: Path, *, native: bool, progress: bool, jobs: int) -> None:
+    from tqdm.auto import tqdm
+
+    cmake = _find_cmake()
+    _check_compilers()
+    generator = _generator_args()
+    sdist = _fetch_sdist(root / "src")
+    log_path = root / "logs" / "llama-server-build.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    build_root = Path(tempfile.mkdtemp(prefix="llama-server-build-", dir=root))
+    try:
+        with (
+            open(log_path, "w", encoding="utf-8") as log,
+            tqdm(total=100, desc="build llama-server", unit="%", disable=not progress) as bar,
+        ):
+            source = _extract_llama_cpp(sdist, build_root / "src")
+            build_dir = build_root / "build"
+            configure = [
+                cmake,
+                "-S",
+                str(source),
+                "-B",
+                str(build_dir),
+                *generator,
+                *cmake_flags(native=native),
+            ]
+            rc = _run_logged(configure, log)
+            if rc == 0:
+                build = [cmake, "--build", str(build_dir), "--target", "llama-server", "-j", str(jobs)]
+                rc = _run_logged(build, log, bar=bar)
+            if rc != 0:
+                raise ServingError(
+                    f"building llama-server failed (exit {rc}); full log: {log_path}\n"
+                    f"--- last 30 lines ---\n{tail(log_path, 30)}"
+                )
+            if bar.n < 100:
+                bar.update(100 - bar.n)
+        built = build_dir / "bin" / "llama-server"
+        if not _is_executable(built):
+            raise ServingError(f"the build finished but {built} is missing; full log: {log_path}")
+        _install_binary(built, target)
+    finally:
+        shutil.rmtree(build_root, ignore_errors=True)
+
+
+def _install_binary(built: Path, target: Path) -> None:
+    """Copy ``built`` to ``target`` atomically (copy to a temp file in the same folder, then rename)."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        shutil.copyfile(built, tmp)
+        tmp.chmod(0o755)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

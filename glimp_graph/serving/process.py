@@ -1,0 +1,377 @@
+"""Start, watch and stop ``llama-server`` processes bound to the loopback interface.
+
+Every started server is registered and stopped by an :mod:`atexit` hook; on Linux the child also gets
+``PR_SET_PDEATHSIG`` so it receives SIGTERM when the Python thread that started it dies, even on SIGKILL.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ipaddress
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from glimp_graph.serving._paths import resolve_cache_dir, tail
+from glimp_graph.serving.errors import ServingError
+
+__all__ = ["LlamaServer", "stop_all"]
+
+_BIND_FAILURE_RE = re.compile(r"couldn't bind|address already in use", re.IGNORECASE)
+_MAX_PORT_TRIES = 3
+_POLL_S = 0.1
+
+_registry: set[LlamaServer] = set()
+_registry_lock = threading.Lock()
+
+
+def _check_loopback(host: str) -> None:
+    """Raise ``ValueError`` unless ``host`` is a single loopback address or ``localhost``."""
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ValueError(
+        f"host {host!r} is not a loopback address; local model servers listen only on 127.0.0.1, ::1 or localhost"
+    )
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _pdeathsig_preexec() -> Callable[[], None] | None:
+    """Return a ``preexec_fn`` that asks Linux to SIGTERM the child when its parent dies, or ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+    return preexec
+
+
+class LlamaServer:
+    """A running ``llama-server`` process serving one model on ``127.0.0.1``.
+
+    Create one with :meth:`start`; stop it with :meth:`stop` or by using it as a context manager.
+
+    Example:
+        >>> with LlamaServer.start(path, alias="smollm2-135m", binary=binary) as server:  # doctest: +SKIP
+        ...     client = ChatOpenAI(base_url=server.base_url, model=server.alias, api_key="none")
+
+    """
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        *,
+        host: str,
+        port: int,
+        alias: str,
+        model_path: Path,
+        log_path: Path,
+        log_file: IO[bytes],
+    ) -> None:
+        """Wrap an already started process; use :meth:`start` instead of calling this directly.
+
+        Args:
+            process: The server process.
+            host: Loopback address it listens on.
+            port: TCP port it listens on.
+            alias: Served model name.
+            model_path: The GGUF file it serves.
+            log_path: File receiving its stdout and stderr.
+            log_file: Open handle of ``log_path`` (closed by :meth:`stop`).
+
+        """
+        self._process = process
+        self._host = host
+        self._port = port
+        self._alias = alias
+        self._model_path = model_path
+        self._log_path = log_path
+        self._log_file = log_file
+
+    @classmethod
+    def start(
+        cls,
+        model_path: str | os.PathLike[str],
+        *,
+        alias: str,
+        binary: str | os.PathLike[str],
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        ctx_size: int = 4096,
+        threads: int = 2,
+        parallel: int = 1,
+        extra_args: Sequence[str] = (),
+        log_path: str | os.PathLike[str] | None = None,
+        ready_timeout: float = 120.0,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> LlamaServer:
+        """Start ``llama-server`` for one model and wait until ``GET /health`` answers 200.
+
+        Runs ``BINARY -m FILE -a ALIAS --host HOST --port P -c CTX -t THREADS -np PARALLEL --no-webui
+        *extra_args`` with stdout and stderr going to a log file. When ``port`` is ``None`` a free port is
+        picked, and picked again (up to 3 tries) if the server cannot bind it.
+
+        Args:
+            model_path: The GGUF file to serve.
+            alias: Model name the server reports and accepts (the client's ``model``).
+            binary: The ``llama-server`` executable.
+            host: Loopback address to listen on; anything else is refused.
+            port: TCP port, or ``None`` for a free one.
+            ctx_size: Context size in tokens (shared by all slots).
+            threads: CPU threads for generation.
+            parallel: Number of server slots (concurrent requests).
+            extra_args: More command-line arguments, appended last.
+            log_path: Log file (overwritten); ``None`` means a new file under ``<cache_dir>/logs``.
+            ready_timeout: Seconds to wait for the health check before giving up.
+            cache_dir: Cache root for the default log file; ``None`` means the default cache.
+
+        Returns:
+            The running server.
+
+        Raises:
+            ValueError: ``host`` is not a loopback address.
+            FileNotFoundError: The model file or the binary does not exist.
+            ServingError: The server exited or was not ready in time (it is killed; the message shows the
+                log tail).
+
+        """
+        _check_loopback(host)
+        model = Path(model_path)
+        exe = Path(binary)
+        if not model.is_file():
+            raise FileNotFoundError(f"model file not found: {model}")
+        if not exe.is_file():
+            raise FileNotFoundError(f"llama-server binary not found: {exe}")
+        if log_path is None:
+            logs_dir = resolve_cache_dir(cache_dir) / "logs"
+            logs_dir.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=logs_dir, prefix=f"llama-server-{_safe(alias)}-", suffix=".log")
+            os.close(fd)
+            log = Path(name)
+        else:
+            log = Path(log_path)
+            log.parent.mkdir(parents=True, exist_ok=True)
+
+        tries = 1 if port is not None else _MAX_PORT_TRIES
+        last_error: ServingError | None = None
+        for _ in range(tries):
+            chosen = port if port is not None else _free_port(host)
+            cmd = [
+                str(exe),
+                "-m",
+                str(model),
+                "-a",
+                alias,
+                "--host",
+                host,
+                "--port",
+                str(chosen),
+                "-c",
+                str(ctx_size),
+                "-t",
+                str(threads),
+                "-np",
+                str(parallel),
+                "--no-webui",
+                *extra_args,
+            ]
+            log_file = open(log, "wb")  # noqa: SIM115 - closed by stop()
+            try:
+                log_file.write(f"$ {' '.join(cmd)}\n".encode())
+                log_file.flush()
+                process = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_pdeathsig_preexec(),
+                    start_new_session=True,
+                )
+            except BaseException:
+                log_file.close()
+                raise
+            server = cls(
+                process,
+                host=host,
+                port=chosen,
+                alias=alias,
+                model_path=model,
+                log_path=log,
+                log_file=log_file,
+            )
+            with _registry_lock:
+                _registry.add(server)
+            try:
+                server._wait_ready(ready_timeout)
+                return server
+            except ServingError as exc:
+                server.stop(timeout=5)
+                last_error = exc
+                if port is not None or not _BIND_FAILURE_RE.search(tail(log, 50)):
+                    raise
+            except BaseException:
+                server.stop(timeout=5)
+                raise
+        assert last_error is not None
+        raise last_error
+
+    def _wait_ready(self, timeout: float) -> None:
+        import urllib.error
+        import urllib.request
+
+        url = f"http://{_url_host(self._host)}:{self._port}/health"
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                raise ServingError(
+                    f"llama-server for {self._alias!r} exited with code {code} before it was ready; "
+                    f"log {self._log_path}:\n{tail(self._log_path, 30)}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass  # not listening yet, or 503 while the model loads
+            if time.monotonic() >= deadline:
+                raise ServingError(
+                    f"llama-server for {self._alias!r} was not ready after {timeout:g} s; "
+                    f"log {self._log_path}:\n{tail(self._log_path, 30)}"
+                )
+            time.sleep(_POLL_S)
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI-compatible base URL, e.g. ``http://127.0.0.1:PORT/v1``."""
+        return f"http://{_url_host(self._host)}:{self._port}/v1"
+
+    @property
+    def host(self) -> str:
+        """Loopback address the server listens on."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """TCP port the server listens on."""
+        return self._port
+
+    @property
+    def alias(self) -> str:
+        """Served model name."""
+        return self._alias
+
+    @property
+    def model_path(self) -> Path:
+        """The GGUF file being served."""
+        return self._model_path
+
+    @property
+    def pid(self) -> int:
+        """Process id of the server."""
+        return self._process.pid
+
+    @property
+    def log_path(self) -> Path:
+        """File receiving the server's stdout and stderr."""
+        return self._log_path
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is still alive."""
+        return self._process.poll() is None
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop the server: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Safe to call twice.
+
+        Args:
+            timeout: Seconds to wait after SIGTERM before killing.
+
+        """
+        try:
+            if self._process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.terminate()
+                try:
+                    self._process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        self._process.kill()
+                    self._process.wait()
+        finally:
+            with _registry_lock:
+                _registry.discard(self)
+            self._log_file.close()
+
+    def __enter__(self) -> Self:
+        """Return the running server."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server."""
+        self.stop()
+
+    def __repr__(self) -> str:
+        """Describe the server (alias, URL, pid, state)."""
+        state = "running" if self.running else f"exited({self._process.returncode})"
+        return f"LlamaServer(alias={self._alias!r}, base_url={self.base_url!r}, pid={self.pid}, {state})"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:60] or "model"
+
+
+def stop_all(timeout: float = 5) -> None:
+    """Stop every server started by this process that is still registered.
+
+    Args:
+        timeout: Seconds each server gets after SIGTERM before SIGKILL.
+
+    """
+    with _registry_lock:
+        servers = list(_registry)
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.stop(timeout=timeout)
+
+
+atexit.register(stop_all)

