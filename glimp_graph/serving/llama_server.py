@@ -161,7 +161,8 @@ def _generator_args() -> list[str]:
         return []  # CMake's default (Unix Makefiles) prints "[ NN%]" progress lines
     if shutil.which("ninja"):
         return ["-G", "Ninja"]
-    raise ServingError("building llama-server needs `make` or `ninja`; install one (e.g. `apt-get install make`)")
+    hint = "install one (e.g. `apt-get install make`)"
+    raise ServingError(f"building llama-server needs `make` or `ninja`; {hint}")
 
 
 def _fetch_sdist(src_dir: Path) -> Path:
@@ -170,6 +171,7 @@ def _fetch_sdist(src_dir: Path) -> Path:
     if sdist.is_file():
         return sdist
     src_dir.mkdir(parents=True, exist_ok=True)
+    requirement = f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
     with tempfile.TemporaryDirectory(prefix="glimp-sdist-", dir=src_dir) as tmp:
         cmd = [
             sys.executable,
@@ -192,7 +194,7 @@ def _fetch_sdist(src_dir: Path) -> Path:
             )
         found = sorted(Path(tmp).glob("*.tar.gz"))
         if not found:
-            raise ServingError(f"pip download of llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} produced no sdist")
+            raise ServingError(f"pip download of {requirement} produced no sdist")
         os.replace(found[0], sdist)
     return sdist
 

@@ -161,7 +161,8 @@ class LocalModels:
 
     def _restore_sigterm(self) -> None:
         if self._handler_installed:
-            signal.signal(signal.SIGTERM, self._old_handler if self._old_handler is not None else signal.SIG_DFL)
+            old = self._old_handler if self._old_handler is not None else signal.SIG_DFL
+            signal.signal(signal.SIGTERM, old)
             self._handler_installed = False
             self._old_handler = None
 

@@ -45,9 +45,8 @@ def _check_loopback(host: str) -> None:
             return
     except ValueError:
         pass
-    raise ValueError(
-        f"host {host!r} is not a loopback address; local model servers listen only on 127.0.0.1, ::1 or localhost"
-    )
+    allowed = "127.0.0.1, ::1 or localhost"
+    raise ValueError(f"host {host!r} is not a loopback address; local model servers listen only on {allowed}")
 
 
 def _free_port(host: str) -> int:
@@ -254,6 +253,7 @@ class LlamaServer:
         import urllib.request
 
         url = f"http://{_url_host(self._host)}:{self._port}/health"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
         deadline = time.monotonic() + timeout
         while True:
             code = self._process.poll()
@@ -263,7 +263,7 @@ class LlamaServer:
                     f"log {self._log_path}:\n{tail(self._log_path, 30)}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=1.0) as response:
+                with opener.open(url, timeout=1.0) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):

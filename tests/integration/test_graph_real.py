@@ -1,0 +1,105 @@
+"""The GlimpRouter graph end to end against real llama.cpp servers and real models."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from glimp_graph import create_glimp_graph
+from glimp_graph.eval import extract_answer, grade_integer
+
+pytestmark = pytest.mark.integration
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+QUESTION = "Tom has 3 boxes with 4 pencils in each box. He gives away 5 pencils. How many pencils does he have left?"
+SMOL = {"max_step_tokens": 48, "max_thinking_tokens": 192, "max_steps": 8, "final_max_tokens": 32}
+
+
+def _roles(recorder):
+    return [(c["name"], c["metadata"].get("glimp_role")) for c in recorder.calls]
+
+
+def test_tau_inf_sends_every_step_to_the_small_model(smol_pair, recorder):
+    graph = create_glimp_graph(*smol_pair, config={**SMOL, "tau": math.inf})
+    out = graph.invoke({"question": QUESTION}, config={"callbacks": [recorder]})
+    steps, stats = out["glimp_steps"], out["glimp_stats"]
+    assert steps and all(s.model == "small" for s in steps)
+    assert stats.small_steps == len(steps) and stats.large_steps == 0 and stats.large_share == 0.0
+    roles = _roles(recorder)
+    assert roles[-1] == ("final_answer", "large")  # the large model always writes the final answer
+    assert all(role == "small" for name, role in roles[:-1])
+    assert out["glimp_answer"]
+    # the probed token is reused: every small step starts with it
+    assert all(s.text.startswith(s.probe_token) or s.end == "eos" for s in steps)
+    assert stats.thinking_tokens == sum(s.tokens for s in steps)
+
+
+def test_tau_minus_inf_sends_every_step_to_the_large_model(smol_pair, recorder):
+    graph = create_glimp_graph(*smol_pair, config={**SMOL, "tau": -math.inf})
+    out = graph.invoke({"question": QUESTION}, config={"callbacks": [recorder]})
+    steps = out["glimp_steps"]
+    assert steps and all(s.model == "large" for s in steps)
+    assert out["glimp_stats"].large_share == 1.0
+    names = [name for name, _ in _roles(recorder)]
+    assert names.count("probe") == len(steps)  # every step was still probed by the small model
+    assert {role for name, role in _roles(recorder) if name != "probe"} == {"large"}
+
+
+def test_intermediate_tau_mixes_both_models(smol_pair):
+    """Same model on both servers, greedy decoding: routing must not change the trace, only who wrote it.
+
+    So the all-small run tells every step's entropy in advance, a tau between them must route steps to both
+    models exactly by ``H_init <= tau``, and continuing from the probed token must give the very same text as
+    the large model writing the step from scratch.
+    """
+    config = {**SMOL, "stop_on_repeat": False}
+    reference = create_glimp_graph(*smol_pair, config={**config, "tau": math.inf}).invoke({"question": QUESTION})
+    h = sorted({round(s.h_init, 6) for s in reference["glimp_steps"]})
+    assert len(h) >= 2, f"need two distinct entropies, got {h}"
+    tau = (h[len(h) // 2 - 1] + h[len(h) // 2]) / 2
+    out = create_glimp_graph(*smol_pair, config={**config, "tau": tau}).invoke({"question": QUESTION})
+    models = [s.model for s in out["glimp_steps"]]
+    assert "small" in models and "large" in models, (tau, h, models)
+    assert all((s.h_init <= tau) == (s.model == "small") for s in out["glimp_steps"])
+    assert [s.text for s in out["glimp_steps"]] == [s.text for s in reference["glimp_steps"]]
+
+
+def test_stream_yields_each_step_as_it_is_written(smol_pair):
+    graph = create_glimp_graph(*smol_pair, config={**SMOL, "tau": 1.0})
+    events = list(graph.stream({"question": QUESTION}, stream_mode="custom"))
+    steps = [e for e in events if e["type"] == "step"]
+    routes = [e for e in events if e["type"] == "route"]
+    assert steps and len(routes) == len(steps)
+    assert [e["index"] for e in steps] == list(range(len(steps)))
+    assert all({"index", "model", "h_init", "text"} <= e.keys() for e in steps)
+    assert events[-1]["type"] == "final"
+
+
+def test_async_invoke_on_real_servers(smol_pair):
+    import asyncio
+
+    graph = create_glimp_graph(*smol_pair, config={**SMOL, "tau": 1.0})
+    out = asyncio.run(graph.ainvoke({"question": QUESTION}))
+    assert out["glimp_steps"] and out["glimp_answer"]
+
+
+def test_gsm8k_problem_is_answered_and_graded(qwen_pair, record_property):
+    """Qwen2.5-Coder 0.5B + 1.5B on the first GSM8K dev problem; the grade is reported, not asserted."""
+    row = json.loads((DATA / "gsm8k_dev.jsonl").read_text().splitlines()[0])
+    graph = create_glimp_graph(*qwen_pair, config={"tau": 1.0, "max_step_tokens": 256, "max_thinking_tokens": 1024})
+    out = graph.invoke({"question": row["question"]})
+    answer, stats = out["glimp_answer"], out["glimp_stats"]
+    predicted = extract_answer(answer) or extract_answer("\n\n".join(s.text for s in out["glimp_steps"]))
+    correct = grade_integer(predicted, row["answer_number"])
+    record_property("gsm8k_correct", correct)
+    print(
+        f"\nGSM8K {row['id']}: predicted={predicted!r} gold={row['answer_number']} correct={correct} "
+        f"steps={stats.steps} large_share={stats.large_share:.2f} wall={stats.wall_seconds:.1f}s "
+        f"probe_mean={stats.probe_seconds / max(stats.probes, 1) * 1000:.0f}ms stop={stats.stop_reason}"
+    )
+    assert out["glimp_steps"] and answer
+    assert predicted is not None, f"no answer could be extracted from {answer!r}"
+    assert stats.steps == stats.small_steps + stats.large_steps
