@@ -73,7 +73,8 @@ class GlimpConfig(BaseModel):
         vocab_size: The small model's vocabulary size (needed by the ``upper`` estimator).
         delimiter: The text that ends a step.
         max_step_tokens: Token cap of one step.
-        max_thinking_tokens: Token budget of the whole reasoning (probe tokens included).
+        max_thinking_tokens: Token budget of the reasoning: the tokens of the steps in the trace (a reused probe
+            token counts; probes thrown away do not).
         max_steps: Step budget of the reasoning.
         final_max_tokens: Token cap of the final answer.
         stop_on_repeat: End the reasoning when a step repeats the previous one.

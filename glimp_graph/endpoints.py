@@ -30,8 +30,10 @@ class _ChatOpenAI(ChatOpenAI):
     """``ChatOpenAI`` that keeps vLLM's ``stop_reason`` (a matched stop string, or None at end of sequence)."""
 
     def _create_chat_result(self, response: dict | openai.BaseModel, generation_info: dict | None = None) -> ChatResult:
-        result = super()._create_chat_result(response, generation_info)
         raw = response if isinstance(response, dict) else response.model_dump()
+        if isinstance(raw, dict) and raw.get("choices") == []:
+            raise ValueError("the response has an empty 'choices' list")
+        result = super()._create_chat_result(response, generation_info)
         for gen, choice in zip(result.generations, raw.get("choices") or [], strict=False):
             if isinstance(choice, dict) and "stop_reason" in choice:
                 gen.message.response_metadata["stop_reason"] = choice["stop_reason"]

@@ -120,9 +120,9 @@ class RunStats(BaseModel):
 class GlimpInput(TypedDict, total=False):
     """What the graph reads: a question, or chat messages whose last human message is the question."""
 
-    question: str
+    question: str | None
     messages: Annotated[list[AnyMessage], add_messages]
-    glimp_tau: float
+    glimp_tau: float | None
     """Per-run override of the entropy threshold."""
 
 

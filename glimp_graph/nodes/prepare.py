@@ -56,10 +56,14 @@ def resolve(state: dict[str, Any]) -> tuple[str, list[dict[str, str]], bool]:
 def prepare(state: dict[str, Any], *, default_tau: float) -> dict[str, Any]:
     """Read the question and per-run overrides, and start a fresh reasoning trace."""
     question, history, from_messages = resolve(state)
-    tau = state.get("glimp_tau", default_tau)
+    tau = state.get("glimp_tau")
+    tau = default_tau if tau is None else tau
     if isinstance(tau, bool) or not isinstance(tau, int | float) or math.isnan(tau):
         raise InputError(f"glimp_tau must be a number of nats or +/-inf, got {tau!r}")
     return {
+        # the per-run inputs are consumed: a checkpointed thread must not replay them in its next run
+        "question": None,
+        "glimp_tau": None,
         "glimp_question": question,
         "glimp_history": history,
         "glimp_from_messages": from_messages,

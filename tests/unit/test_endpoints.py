@@ -223,11 +223,6 @@ def test_null_choices_is_a_bad_response(fake_small: FakeServer) -> None:
     no_secret(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an empty 'choices' list escapes as a raw IndexError (langchain's generations[0]) instead of "
-    "BadResponseError: ModelClient._errors does not catch IndexError",
-)
 def test_empty_choices_is_a_glimp_error(fake_small: FakeServer) -> None:
     fake_small.handler = lambda body: {**chat_response("x"), "choices": []}
     with pytest.raises(GlimpError):
