@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from glimp_graph.entropy import ESTIMATORS
 from glimp_graph.prompts import PRESETS, PromptTemplate
+from glimp_graph.scorers import SCORERS, Scorer
 
 ServerKind = Literal["auto", "vllm", "llama.cpp", "openai"]
 
@@ -97,6 +98,8 @@ class GlimpConfig(BaseModel):
     stop_on_repeat: bool = True
     reuse_probe_token: bool = True
     prompt: PromptTemplate = Field(default_factory=lambda: PRESETS["steps"])
+    scorer: str | Scorer = "glimp"
+    final_model: Literal["small", "large"] = "large"
 
     @field_validator("tau")
     @classmethod
@@ -126,6 +129,13 @@ class GlimpConfig(BaseModel):
             raise ValueError(f"unknown estimator {value!r}; choose one of {sorted(ESTIMATORS)} or pass a callable")
         return value
 
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, value: str | Scorer) -> str | Scorer:
+        if isinstance(value, str) and value not in SCORERS:
+            raise ValueError(f"unknown scorer {value!r}; choose one of {sorted(SCORERS)} or pass a Scorer")
+        return value
+
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt_preset(cls, value: Any) -> Any:
@@ -152,6 +162,10 @@ class GlimpConfig(BaseModel):
         """Apply the configured estimator to the probe's log-probabilities."""
         fn = ESTIMATORS[self.estimator] if isinstance(self.estimator, str) else self.estimator
         return float(fn(logprobs, vocab_size=self.vocab_size))
+
+    def make_scorer(self) -> Scorer:
+        """The configured scorer as an object."""
+        return SCORERS[self.scorer]() if isinstance(self.scorer, str) else self.scorer
 
     @property
     def estimator_name(self) -> str:

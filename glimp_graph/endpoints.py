@@ -12,16 +12,18 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatResult
 from langchain_openai import ChatOpenAI
 
-from glimp_graph.config import Endpoint, ServerKind
 from glimp_graph.errors import BadResponseError, EndpointError, LogprobsUnavailableError
 from glimp_graph.state import Role, StepEnd
+
+if TYPE_CHECKING:
+    from glimp_graph.config import Endpoint, ServerKind
 
 _CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}
 
@@ -70,6 +72,19 @@ class Request:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+Call = tuple["ModelClient", "Request"]
+"""A model call as node logic yields it: the client to call and the request."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the top alternatives."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+
 @dataclass(frozen=True)
 class Completion:
     """What a model call produced.
@@ -90,6 +105,7 @@ class Completion:
     prompt_tokens: int
     top_logprobs: list[tuple[str, float]] | None
     seconds: float
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class ModelClient:
@@ -206,8 +222,10 @@ class ModelClient:
         end = _end_of(finish, meta, server)
         usage = message.usage_metadata or {}
         top = None
+        tokens: list[TokenLogprob] = []
         if request.top_logprobs is not None:
             top = self._first_top_logprobs(meta.get("logprobs"), text, end)
+            tokens = _token_logprobs(meta.get("logprobs"))
         return Completion(
             text=text,
             end=end,
@@ -215,6 +233,7 @@ class ModelClient:
             prompt_tokens=int(usage.get("input_tokens", 0)),
             top_logprobs=top,
             seconds=seconds,
+            logprobs=tokens,
         )
 
     def _first_top_logprobs(self, logprobs: Any, text: str, end: StepEnd) -> list[tuple[str, float]]:
@@ -225,8 +244,7 @@ class ModelClient:
                 "the response carries no log-probabilities; the probe needs them: serve the small model with "
                 "vLLM (--max-logprobs >= top_k) or llama.cpp's server, which return top_logprobs",
             )
-        top = content[0].get("top_logprobs") or []
-        pairs = [(str(t.get("token", "")), float(t["logprob"])) for t in top if t.get("logprob") is not None]
+        pairs = _pairs(content[0].get("top_logprobs"))
         if not pairs:
             raise self._bad(
                 LogprobsUnavailableError,
@@ -265,6 +283,19 @@ class ModelClient:
             raise self._bad(EndpointError, f"HTTP {exc.status_code}: {_body(exc)}") from exc
         except (openai.APIResponseValidationError, ValueError, KeyError, TypeError) as exc:
             raise self._bad(BadResponseError, f"the server's answer is not a valid chat completion: {exc}") from exc
+
+
+def _pairs(entries: Any) -> list[tuple[str, float]]:
+    return [(str(t.get("token", "")), float(t["logprob"])) for t in entries or [] if t.get("logprob") is not None]
+
+
+def _token_logprobs(logprobs: Any) -> list[TokenLogprob]:
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    return [
+        TokenLogprob(token=str(c.get("token", "")), logprob=float(c["logprob"]), top=_pairs(c.get("top_logprobs")))
+        for c in content or []
+        if isinstance(c, dict) and c.get("logprob") is not None
+    ]
 
 
 def _body(exc: openai.APIStatusError) -> str:

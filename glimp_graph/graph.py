@@ -69,6 +69,7 @@ def create_glimp_graph(
         config=settings,
         small=ModelClient(small if isinstance(small, Endpoint) else Endpoint.model_validate(dict(small)), "small"),
         large=ModelClient(large if isinstance(large, Endpoint) else Endpoint.model_validate(dict(large)), "large"),
+        scorer=settings.make_scorer(),
     )
 
     builder = StateGraph(GlimpState, input_schema=GlimpInput, output_schema=GlimpOutput)

@@ -13,9 +13,8 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 
-from glimp_graph.endpoints import Completion, ModelClient, Request
+from glimp_graph.endpoints import Call, Completion
 
-Call = tuple[ModelClient, Request]
 Logic = Callable[[dict[str, Any], RunnableConfig], Generator[Call, Completion, Any]]
 
 

@@ -9,16 +9,18 @@ from langgraph.config import get_stream_writer
 
 from glimp_graph.config import GlimpConfig
 from glimp_graph.endpoints import ModelClient
+from glimp_graph.scorers import Scorer
 from glimp_graph.state import Step
 
 
 @dataclass(frozen=True)
 class Router:
-    """The settings and the two model clients, built once by the factory and handed to every node."""
+    """The settings, the two model clients and the step scorer, built once by the factory for every node."""
 
     config: GlimpConfig
     small: ModelClient
     large: ModelClient
+    scorer: Scorer
 
 
 def steps_of(state: dict[str, Any]) -> list[Step]:
@@ -39,6 +41,12 @@ def trace_prefix(state: dict[str, Any], router: Router) -> str:
     """The partial assistant message that the next step continues: the reasoning so far, each step delimited."""
     delimiter = router.config.delimiter
     return router.config.prompt.think_prefix + "".join(s.text + delimiter for s in steps_of(state))
+
+
+def step_budget(state: dict[str, Any], router: Router) -> int:
+    """Token cap of the next step: the per-step cap, or what is left of the thinking budget."""
+    spent = thinking_tokens(steps_of(state))
+    return min(router.config.max_step_tokens, router.config.max_thinking_tokens - spent)
 
 
 def thinking_tokens(steps: list[Step]) -> int:

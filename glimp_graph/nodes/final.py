@@ -9,8 +9,7 @@ from typing import Any
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
 
-from glimp_graph.endpoints import Completion, Request
-from glimp_graph.nodes._driver import Call
+from glimp_graph.endpoints import Call, Completion, Request
 from glimp_graph.nodes.common import Router, conversation, emit, steps_of, thinking_tokens, trace_metadata
 from glimp_graph.state import RunStats, Step
 
@@ -21,18 +20,21 @@ def reasoning_text(steps: list[Step], router: Router) -> str:
 
 
 def final_answer(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> Generator[Call, Completion, dict]:
-    """Write the final answer with the large model and compute the run's statistics."""
+    """Write the final answer (with the large model, unless configured otherwise) and compute the statistics."""
     steps = steps_of(state)
     reasoning = reasoning_text(steps, router)
     prompt = router.config.prompt
+    writer = router.large if router.config.final_model == "large" else router.small
     done = yield (
-        router.large,
+        writer,
         Request(
             messages=conversation(state, router),
             prefix=prompt.think_prefix + reasoning + prompt.answer_prefix,
             max_tokens=router.config.final_max_tokens,
             run_name="final_answer",
-            metadata=trace_metadata(state, len(steps), glimp_route="large", glimp_stop_reason=state.get("glimp_stop")),
+            metadata=trace_metadata(
+                state, len(steps), glimp_route=writer.role, glimp_stop_reason=state.get("glimp_stop")
+            ),
         ),
     )
     answer = done.text.strip()
@@ -48,22 +50,23 @@ def run_stats(state: dict[str, Any], steps: list[Step], final: Completion, route
     """Aggregate the steps and the final answer into :class:`RunStats`."""
     small = [s for s in steps if s.model == "small"]
     large = [s for s in steps if s.model == "large"]
-    probes = int(state.get("glimp_probes", 0))
-    reused = sum(1 for s in small if router.config.reuse_probe_token and s.tokens > 0)
+    final_small = final.tokens if router.config.final_model == "small" else 0
     return RunStats(
         steps=len(steps),
         small_steps=len(small),
         large_steps=len(large),
         large_share=len(large) / len(steps) if steps else 0.0,
-        small_tokens=sum(s.tokens for s in small) + probes - reused,
-        large_tokens=sum(s.tokens for s in large) + final.tokens,
+        small_tokens=int(state.get("glimp_small_tokens", 0)) + final_small,
+        large_tokens=int(state.get("glimp_large_tokens", 0)) + final.tokens - final_small,
         thinking_tokens=thinking_tokens(steps),
         final_tokens=final.tokens,
-        probes=probes,
+        probes=int(state.get("glimp_probes", 0)),
         probe_seconds=float(state.get("glimp_probe_seconds", 0.0)),
         final_seconds=final.seconds,
         wall_seconds=time.time() - float(state["glimp_started"]),
         stop_reason=state.get("glimp_stop") or "end_of_sequence",
         tau=float(state["glimp_run_tau"]),
         estimator=router.config.estimator_name,
+        scorer=router.scorer.name,
+        final_model=router.config.final_model,
     )

@@ -74,5 +74,7 @@ def prepare(state: dict[str, Any], *, default_tau: float) -> dict[str, Any]:
         "glimp_stop": None,
         "glimp_probes": 0,
         "glimp_probe_seconds": 0.0,
+        "glimp_small_tokens": 0,
+        "glimp_large_tokens": 0,
         "glimp_started": time.time(),
     }

@@ -1,4 +1,4 @@
-"""The ``probe`` node: the small model decodes ONE token of the next step; its entropy is H_init."""
+"""The ``probe`` node: glimpse at the next step with the configured scorer (GlimpRouter: ONE small-model token)."""
 
 from __future__ import annotations
 
@@ -7,38 +7,33 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 
-from glimp_graph.endpoints import Completion, Request
-from glimp_graph.nodes._driver import Call
-from glimp_graph.nodes.common import Router, conversation, steps_of, trace_metadata, trace_prefix
-from glimp_graph.state import Probe
+from glimp_graph.endpoints import Call, Completion
+from glimp_graph.nodes.common import Router, conversation, step_budget, steps_of, trace_metadata, trace_prefix
+from glimp_graph.scorers import StepContext
 
 
 def probe(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> Generator[Call, Completion, dict]:
-    """Glimpse the first token of the next step and estimate its entropy."""
+    """Score the next step before routing it; GlimpRouter's scorer estimates the entropy of its first token."""
     index = len(steps_of(state))
-    request = Request(
+    ctx = StepContext(
+        index=index,
+        question=state["glimp_question"],
         messages=conversation(state, router),
         prefix=trace_prefix(state, router),
-        max_tokens=1,
-        temperature=0.0,
-        top_p=1.0,
-        top_logprobs=router.config.top_k,
-        run_name="probe",
-        metadata=trace_metadata(state, index),
+        max_tokens=step_budget(state, router),
+        delimiter=router.config.delimiter,
+        top_k=router.config.top_k,
+        metadata=trace_metadata(state, index, glimp_scorer=router.scorer.name),
+        small=router.small,
+        large=router.large,
+        estimate=router.config.estimate,
     )
-    done = yield router.small, request
-    top = done.top_logprobs or []
-    result = Probe(
-        index=index,
-        token=done.text,
-        eos=done.end != "length",
-        h_init=router.config.estimate([lp for _, lp in top]),
-        top_logprobs=top[:20],
-        tokens=done.tokens,
-        seconds=done.seconds,
-    )
+    result = yield from router.scorer.glimpse(ctx)
+    called = result.kind != "none"
     return {
         "glimp_probe": result,
-        "glimp_probes": state.get("glimp_probes", 0) + 1,
-        "glimp_probe_seconds": state.get("glimp_probe_seconds", 0.0) + done.seconds,
+        "glimp_probes": state.get("glimp_probes", 0) + int(called),
+        "glimp_probe_seconds": state.get("glimp_probe_seconds", 0.0) + result.seconds,
+        "glimp_small_tokens": state.get("glimp_small_tokens", 0) + result.tokens,
+        "glimp_large_tokens": state.get("glimp_large_tokens", 0) + result.large_tokens,
     }

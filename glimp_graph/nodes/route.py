@@ -11,10 +11,12 @@ from glimp_graph.state import Decision
 
 
 def route(state: dict[str, Any]) -> Command[Literal["small_step", "large_step"]]:
-    """Send the step to the small model when ``H_init <= tau``, else to the large model."""
+    """Send the step to the small model when ``score <= tau`` (GlimpRouter: ``H_init <= tau``), else the large."""
     probe = state["glimp_probe"]
     tau = state["glimp_run_tau"]
-    model = "small" if probe.h_init <= tau else "large"
-    decision = Decision(index=probe.index, h_init=probe.h_init, tau=tau, model=model)
+    model = "small" if probe.score <= tau else "large"
+    decision = Decision(
+        index=probe.index, h_init=probe.h_init, score=probe.score, scorer=probe.scorer, tau=tau, model=model
+    )
     emit({"type": "route", **decision.model_dump(), "probe_token": probe.token})
     return Command(goto=f"{model}_step", update={"glimp_decision": decision})

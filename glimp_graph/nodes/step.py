@@ -7,12 +7,12 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 
-from glimp_graph.endpoints import Completion, Request
-from glimp_graph.nodes._driver import Call
+from glimp_graph.endpoints import Call, Completion, Request
 from glimp_graph.nodes.common import (
     Router,
     conversation,
     emit,
+    step_budget,
     steps_of,
     thinking_tokens,
     trace_metadata,
@@ -29,44 +29,49 @@ def _request(state: dict[str, Any], router: Router, role: Role, prefix: str, max
         max_tokens=max_tokens,
         stop=[router.config.delimiter],
         run_name=f"{role}_step",
-        metadata=trace_metadata(state, probe.index, glimp_h_init=probe.h_init, glimp_route=role),
+        metadata=trace_metadata(
+            state, probe.index, glimp_h_init=probe.h_init, glimp_score=probe.score, glimp_route=role
+        ),
     )
 
 
-def _budget(state: dict[str, Any], router: Router) -> int:
-    spent = thinking_tokens(steps_of(state))
-    return min(router.config.max_step_tokens, router.config.max_thinking_tokens - spent)
-
-
 def small_step(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> Generator[Call, Completion, dict]:
-    """The small model writes the step, continuing from the probed token (unless reuse is switched off)."""
+    """The small model's step: the accepted draft, or a continuation of the probed token (unless reuse is off)."""
     probe: Probe = state["glimp_probe"]
     delimiter = router.config.delimiter
-    budget = _budget(state, router)
+    budget = step_budget(state, router)
     prefix = trace_prefix(state, router)
-    if probe.eos:
+    new_tokens = 0
+    if probe.kind == "step":  # the scorer's draft is the step
+        text, tokens, seconds, end = probe.token, probe.tokens, 0.0, probe.end or "stop"
+    elif probe.kind == "token" and probe.eos:
         text, tokens, seconds, end = "", 0, 0.0, "eos"
-    elif delimiter in probe.token:
+    elif probe.kind == "token" and delimiter in probe.token:
         text, tokens, seconds, end = probe.token.split(delimiter, 1)[0], 1, 0.0, "delimiter"
-    elif not router.config.reuse_probe_token:
+    elif probe.kind == "none" or not router.config.reuse_probe_token:
         done = yield router.small, _request(state, router, "small", prefix, budget)
         text, tokens, seconds, end = done.text, done.tokens, done.seconds, done.end
+        new_tokens = done.tokens
     elif budget <= 1:
         text, tokens, seconds, end = probe.token, 1, 0.0, "length"
     else:
         done = yield router.small, _request(state, router, "small", prefix + probe.token, budget - 1)
         text, tokens, seconds, end = probe.token + done.text, 1 + done.tokens, done.seconds, done.end
-    return finish_step(state, router, "small", text, tokens, seconds, end)
+        new_tokens = done.tokens
+    update = finish_step(state, router, "small", text, tokens, seconds, end)
+    update["glimp_small_tokens"] = state.get("glimp_small_tokens", 0) + new_tokens
+    return update
 
 
 def large_step(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> Generator[Call, Completion, dict]:
-    """The large model writes the whole step from the trace (the probed token is not used)."""
-    budget = _budget(state, router)
-    done = yield router.large, _request(state, router, "large", trace_prefix(state, router), budget)
+    """The large model writes the whole step from the trace (a probed token or a draft is not used)."""
+    done = yield router.large, _request(state, router, "large", trace_prefix(state, router), step_budget(state, router))
     end = done.end
     if not done.text and end == "stop":
         end = "eos"  # nothing written: the large model ended its turn
-    return finish_step(state, router, "large", done.text, done.tokens, done.seconds, end)
+    update = finish_step(state, router, "large", done.text, done.tokens, done.seconds, end)
+    update["glimp_large_tokens"] = state.get("glimp_large_tokens", 0) + done.tokens
+    return update
 
 
 def _stop_reason(text: str, end: StepEnd, steps: list[Step], router: Router) -> tuple[str, StopReason | None]:
@@ -95,8 +100,10 @@ def finish_step(
         model=role,
         text=text,
         h_init=probe.h_init,
+        score=probe.score,
+        scorer=probe.scorer,
         tau=state["glimp_run_tau"],
-        probe_token=probe.token,
+        probe_token=probe.token if probe.kind == "token" else "",
         tokens=tokens,
         seconds=seconds,
         probe_seconds=probe.seconds,

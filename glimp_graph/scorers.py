@@ -1,0 +1,290 @@
+"""Step scorers: what the router looks at before deciding who writes a step.
+
+The routing contract is one score and one threshold: the step goes to the small model when ``score <= tau``
+(see the ``route`` node). A scorer decides how the score is obtained:
+
+* :class:`TokenEntropy` (``"glimp"``, the method): the small model decodes ONE token; the score is that
+  token's entropy H_init. The small step then continues from the probed token.
+* :class:`StepEntropy` (``"step-entropy"``) and :class:`StepPerplexity` (``"step-perplexity"``): the small
+  model drafts the whole step; the score is its mean token entropy or its perplexity (the paper's ablations).
+  An accepted draft becomes the step; a rejected one is rewritten by the large model.
+* :class:`SpecReason` (``"specreason"``): the small model drafts the step, the large model judges it 0-9 from
+  the log-probabilities of a one-token verdict; the score is ``9 - E[verdict]``.
+* :class:`Random` (``"random"``): a uniform random score in [0, 1), so ``tau`` is the share of small steps
+  (the control that shows whether a signal carries information).
+* :class:`Fixed` (``"fixed"``): a constant score 0 and no model call; with ``tau=inf`` every step is the small
+  model's (small-only), with ``tau=-inf`` the large model's (large-only).
+
+A scorer is written once as a generator that yields ``(client, request)`` pairs and receives completions, so it
+runs under both the sync and the async API.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from glimp_graph.endpoints import Call, Completion, ModelClient, Request
+from glimp_graph.state import Probe
+
+Glimpse = Generator[Call, Completion, Probe]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Everything a scorer may look at for step ``index``.
+
+    Attributes:
+        index: The step's index.
+        question: The question.
+        messages: The conversation (system, history, user) as chat messages.
+        prefix: The partial assistant message the step continues (the trace so far).
+        max_tokens: Token cap for a drafted step.
+        delimiter: The step delimiter.
+        top_k: Log-probabilities to ask for.
+        metadata: Trace metadata for the calls.
+        small: The small model's client.
+        large: The large model's client.
+        estimate: The configured entropy estimator, applied to a list of log-probabilities.
+    """
+
+    index: int
+    question: str
+    messages: list[dict[str, str]]
+    prefix: str
+    max_tokens: int
+    delimiter: str
+    top_k: int
+    metadata: dict[str, Any]
+    small: ModelClient
+    large: ModelClient
+    estimate: Callable[[list[float]], float]
+
+
+class Scorer(ABC):
+    """Base class of step scorers (see the module docstring)."""
+
+    name: ClassVar[str]
+    kind: ClassVar[Literal["token", "step", "none"]]
+
+    @abstractmethod
+    def glimpse(self, ctx: StepContext) -> Glimpse:
+        """Look at the next step and return a :class:`~glimp_graph.state.Probe` carrying its score."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class TokenEntropy(Scorer):
+    """GlimpRouter: the entropy of the small model's first token of the step."""
+
+    name = "glimp"
+    kind = "token"
+
+    def glimpse(self, ctx: StepContext) -> Glimpse:
+        """Probe one token at temperature 0 and score it by its entropy."""
+        done = yield (
+            ctx.small,
+            Request(
+                messages=ctx.messages,
+                prefix=ctx.prefix,
+                max_tokens=1,
+                temperature=0.0,
+                top_p=1.0,
+                top_logprobs=ctx.top_k,
+                run_name="probe",
+                metadata=ctx.metadata,
+            ),
+        )
+        top = done.top_logprobs or []
+        h = ctx.estimate([lp for _, lp in top])
+        return Probe(
+            index=ctx.index,
+            kind="token",
+            token=done.text,
+            eos=done.end != "length",
+            h_init=h,
+            score=h,
+            scorer=self.name,
+            top_logprobs=top[:20],
+            tokens=done.tokens,
+            seconds=done.seconds,
+        )
+
+
+@dataclass(repr=True)
+class Random(Scorer):
+    """A reproducible uniform score in [0, 1) per (seed, question, step): ``tau`` is the share of small steps.
+
+    Attributes:
+        seed: Seed mixed with the question and the step index.
+    """
+
+    seed: int = 0
+    name: ClassVar[str] = "random"
+    kind: ClassVar[Literal["token", "step", "none"]] = "none"
+
+    def glimpse(self, ctx: StepContext) -> Glimpse:
+        """Draw the score; no model is called."""
+        score = random.Random(f"{self.seed}|{ctx.question}|{ctx.index}").random()
+        return Probe(
+            index=ctx.index,
+            kind="none",
+            token="",
+            eos=False,
+            h_init=None,
+            score=score,
+            scorer=self.name,
+            tokens=0,
+            seconds=0.0,
+        )
+        yield  # pragma: no cover - makes this a generator
+
+
+class Fixed(Scorer):
+    """A constant score of 0 and no model call: ``tau=inf`` gives small-only, ``tau=-inf`` large-only."""
+
+    name = "fixed"
+    kind = "none"
+
+    def glimpse(self, ctx: StepContext) -> Glimpse:
+        """Return the constant score."""
+        return Probe(
+            index=ctx.index,
+            kind="none",
+            token="",
+            eos=False,
+            h_init=None,
+            score=0.0,
+            scorer=self.name,
+            tokens=0,
+            seconds=0.0,
+        )
+        yield  # pragma: no cover - makes this a generator
+
+
+def _draft(ctx: StepContext, *, logprobs: bool) -> Generator[Call, Completion, Completion]:
+    done = yield (
+        ctx.small,
+        Request(
+            messages=ctx.messages,
+            prefix=ctx.prefix,
+            max_tokens=ctx.max_tokens,
+            stop=[ctx.delimiter],
+            top_logprobs=ctx.top_k if logprobs else None,
+            run_name="draft",
+            metadata=ctx.metadata,
+        ),
+    )
+    return done
+
+
+def _draft_probe(ctx: StepContext, scorer: Scorer, done: Completion, score: float, **extra: Any) -> Probe:
+    eos = done.end == "eos" or (not done.text and done.end == "stop")
+    return Probe(
+        index=ctx.index,
+        kind="step",
+        token=done.text,
+        eos=eos,
+        end="eos" if eos else done.end,
+        h_init=None,
+        score=score,
+        scorer=scorer.name,
+        tokens=done.tokens,
+        seconds=done.seconds,
+        **extra,
+    )
+
+
+class StepEntropy(Scorer):
+    """The small model drafts the step; the score is the mean entropy of its tokens' distributions."""
+
+    name = "step-entropy"
+    kind = "step"
+
+    def glimpse(self, ctx: StepContext) -> Glimpse:
+        """Draft the step with log-probabilities and average the per-token entropies."""
+        done = yield from _draft(ctx, logprobs=True)
+        values = [ctx.estimate([lp for _, lp in t.top]) for t in done.logprobs if t.top]
+        return _draft_probe(ctx, self, done, sum(values) / len(values) if values else 0.0)
+
+
+class StepPerplexity(Scorer):
+    """The small model drafts the step; the score is its perplexity ``exp(-mean log p)``."""
+
+    name = "step-perplexity"
+    kind = "step"
+
+    def glimpse(self, ctx: StepContext) -> Glimpse:
+        """Draft the step with log-probabilities and compute its perplexity."""
+        done = yield from _draft(ctx, logprobs=True)
+        lps = [t.logprob for t in done.logprobs]
+        return _draft_probe(ctx, self, done, math.exp(-sum(lps) / len(lps)) if lps else 1.0)
+
+
+JUDGE_PROMPT = (
+    "You are checking one step of a solution.\n\nProblem:\n{question}\n\nSolution so far:\n{trace}\n\n"
+    "New step:\n{step}\n\nIs the new step correct and useful? Rate it with a single digit from 0 (wrong or "
+    "useless) to 9 (correct and useful). Answer with the digit only."
+)
+
+
+@dataclass(repr=True)
+class SpecReason(Scorer):
+    """SpecReason: the large model judges the small model's drafted step 0-9; the score is ``9 - E[verdict]``.
+
+    Attributes:
+        prompt: The judge's prompt, with ``{question}``, ``{trace}`` and ``{step}`` slots.
+    """
+
+    prompt: str = field(default=JUDGE_PROMPT)
+    name: ClassVar[str] = "specreason"
+    kind: ClassVar[Literal["token", "step", "none"]] = "step"
+
+    def glimpse(self, ctx: StepContext) -> Glimpse:
+        """Draft the step, then ask the large model for a one-token verdict with log-probabilities."""
+        done = yield from _draft(ctx, logprobs=False)
+        text = self.prompt.replace("{question}", ctx.question).replace("{trace}", ctx.prefix.strip() or "(none)")
+        verdict = yield (
+            ctx.large,
+            Request(
+                messages=[{"role": "user", "content": text.replace("{step}", done.text.strip() or "(empty)")}],
+                prefix="",
+                max_tokens=1,
+                temperature=0.0,
+                top_p=1.0,
+                top_logprobs=max(ctx.top_k, 20) if ctx.top_k != -1 else 20,
+                run_name="judge",
+                metadata=ctx.metadata,
+            ),
+        )
+        score = 9.0 - expected_digit(verdict.top_logprobs or [])
+        probe = _draft_probe(ctx, self, done, score, large_tokens=verdict.tokens)
+        return probe.model_copy(update={"seconds": done.seconds + verdict.seconds})
+
+
+def expected_digit(top: list[tuple[str, float]]) -> float:
+    """Expected value of a 0-9 verdict from the top log-probabilities (0 when no digit is among them)."""
+    mass = total = 0.0
+    for token, lp in top:
+        text = token.strip()
+        if len(text) == 1 and text.isdigit():
+            p = math.exp(lp)
+            mass += p
+            total += p * int(text)
+    return total / mass if mass > 0 else 0.0
+
+
+SCORERS: dict[str, Callable[[], Scorer]] = {
+    TokenEntropy.name: TokenEntropy,
+    StepEntropy.name: StepEntropy,
+    StepPerplexity.name: StepPerplexity,
+    SpecReason.name: SpecReason,
+    Random.name: Random,
+    Fixed.name: Fixed,
+}
+"""Scorers by the names the configuration accepts."""
