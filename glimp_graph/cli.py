@@ -188,6 +188,172 @@ def ask(
     )
 
 
+def _thresholds(values: tuple[str, ...]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for value in values:
+        name, _, numbers = value.partition("=")
+        if not numbers:
+            raise click.BadParameter(f"expected STRATEGY=T1,T2,..., got {value!r}")
+        out[name] = [_tau(n) for n in numbers.split(",")]
+    return out
+
+
+def _budget_options(fn: Any) -> Any:
+    options = [
+        click.option("--prompt", default="steps", show_default=True, help="Prompt preset: steps or r1."),
+        click.option("--max-step-tokens", default=256, show_default=True),
+        click.option("--max-thinking-tokens", default=1024, show_default=True),
+        click.option("--max-steps", default=64, show_default=True),
+        click.option("--final-max-tokens", default=128, show_default=True),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@main.command(name="eval")
+@click.option("--dataset", "dataset", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--start", default=0, show_default=True, help="First problem (0-based).")
+@click.option("--limit", type=int, help="Number of problems [default: all].")
+@click.option(
+    "--strategies",
+    default="glimp,small-only,large-only,random,step-entropy,step-perplexity,specreason",
+    show_default=True,
+    help="Comma-separated strategies.",
+)
+@click.option("--threshold", "thresholds", multiple=True, help="STRATEGY=T1,T2 (a grid); repeatable.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Results JSONL (resumed).")
+@click.option("--concurrency", default=1, show_default=True, help="Runs in flight at once.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random strategy.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write a Markdown summary here.")
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), help="Write figures into this folder.")
+@_endpoint_options
+@_budget_options
+def eval_(
+    dataset: Path,
+    start: int,
+    limit: int | None,
+    strategies: str,
+    thresholds: tuple[str, ...],
+    out: Path,
+    concurrency: int,
+    seed: int,
+    report: Path | None,
+    plots: Path | None,
+    prompt: str,
+    max_step_tokens: int,
+    max_thinking_tokens: int,
+    max_steps: int,
+    final_max_tokens: int,
+    **endpoint_args: Any,
+) -> None:
+    """Run strategies x thresholds over a JSONL problem set; results are appended to --out (resumable)."""
+    import asyncio
+
+    from glimp_graph.eval import STRATEGIES, Job, load_problems, load_records, markdown_table, run_eval, summarize
+
+    names = [n.strip() for n in strategies.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise click.BadParameter(f"unknown strategies {unknown}; choose from {sorted(STRATEGIES)}")
+    grid = _thresholds(thresholds)
+    jobs = [Job(n, t) for n in names for t in (grid.get(n) or [None])]
+    problems = load_problems(dataset, start=start, limit=limit)
+    base = {
+        "prompt": prompt,
+        "max_step_tokens": max_step_tokens,
+        "max_thinking_tokens": max_thinking_tokens,
+        "max_steps": max_steps,
+        "final_max_tokens": final_max_tokens,
+    }
+    with _endpoints(**endpoint_args) as (small, large):
+        asyncio.run(run_eval(small, large, problems, jobs, out, base_config=base, concurrency=concurrency, seed=seed))
+    rows = summarize(load_records(out))
+    table = markdown_table(rows)
+    click.echo(table)
+    if report:
+        report.write_text(table)
+    if plots:
+        from glimp_graph.eval.plots import plot_signals, plot_tradeoff
+
+        plots.mkdir(parents=True, exist_ok=True)
+        click.echo(
+            f"figures: {plot_tradeoff(rows, plots / 'tradeoff.png')}, "
+            f"{plot_signals(load_records(out), plots / 'signals.png')}"
+        )
+
+
+@main.command()
+@click.option("--dataset", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--start", default=0, show_default=True)
+@click.option("--limit", default=20, show_default=True, help="Calibration problems.")
+@click.option("--scorer", default="glimp", show_default=True)
+@click.option("--target-large-share", default=0.25, show_default=True)
+@click.option("--holdout-start", type=int, help="First held-out problem, to check the share tau gives.")
+@click.option("--holdout-limit", default=10, show_default=True)
+@_endpoint_options
+@_budget_options
+def calibrate(
+    dataset: Path,
+    start: int,
+    limit: int,
+    scorer: str,
+    target_large_share: float,
+    holdout_start: int | None,
+    holdout_limit: int,
+    prompt: str,
+    max_step_tokens: int,
+    max_thinking_tokens: int,
+    max_steps: int,
+    final_max_tokens: int,
+    **endpoint_args: Any,
+) -> None:
+    """Pick tau for a target share of large-model steps, and check it on held-out problems."""
+    import asyncio
+
+    from glimp_graph.eval import calibrate as run_calibration
+    from glimp_graph.eval import load_problems
+
+    base = {
+        "prompt": prompt,
+        "max_step_tokens": max_step_tokens,
+        "max_thinking_tokens": max_thinking_tokens,
+        "max_steps": max_steps,
+        "final_max_tokens": final_max_tokens,
+    }
+    problems = load_problems(dataset, start=start, limit=limit)
+    with _endpoints(**endpoint_args) as (small, large):
+        result = asyncio.run(
+            run_calibration(
+                small, large, problems, scorer=scorer, target_large_share=target_large_share, base_config=base
+            )
+        )
+        click.echo(_histogram(result.scores))
+        click.echo(
+            f"{scorer}: tau={result.tau:.4f} for a large-step share of {target_large_share:.0%} "
+            f"({len(result.scores)} steps of {result.problems} problems)"
+        )
+        if holdout_start is not None:
+            held = load_problems(dataset, start=holdout_start, limit=holdout_limit)
+            graph = create_glimp_graph(small, large, config={**base, "scorer": scorer, "tau": result.tau})
+            outs = [graph.invoke({"question": p.question}) for p in held]
+            steps = sum(o["glimp_stats"].steps for o in outs)
+            large_steps = sum(o["glimp_stats"].large_steps for o in outs)
+            click.echo(f"held-out ({len(held)} problems): large-step share {large_steps / max(steps, 1):.0%}")
+
+
+def _histogram(scores: list[float], bins: int = 12, width: int = 40) -> str:
+    if not scores:
+        return "(no scores)"
+    lo, hi = min(scores), max(scores)
+    size = (hi - lo) / bins or 1.0
+    counts = [0] * bins
+    for s in scores:
+        counts[min(int((s - lo) / size), bins - 1)] += 1
+    top = max(counts)
+    return "\n".join(f"{lo + i * size:8.3f} | {'#' * round(width * c / top)} {c}" for i, c in enumerate(counts))
+
+
 @main.command()
 @click.option("--backend", type=click.Choice(["llama.cpp"]), default="llama.cpp", show_default=True)
 @click.option("--local-small", default=LOCAL_SMALL, show_default=True)

@@ -113,6 +113,7 @@ class TokenEntropy(Scorer):
             top_logprobs=top[:20],
             tokens=done.tokens,
             seconds=done.seconds,
+            signals={"h_init": h},
         )
 
 
@@ -200,6 +201,19 @@ def _draft_probe(ctx: StepContext, scorer: Scorer, done: Completion, score: floa
     )
 
 
+def draft_signals(done: Completion, estimate: Callable[[list[float]], float]) -> dict[str, float]:
+    """H_init (first token), mean token entropy and perplexity of a step drafted with log-probabilities."""
+    entropies = [estimate([lp for _, lp in t.top]) for t in done.logprobs if t.top]
+    lps = [t.logprob for t in done.logprobs]
+    signals = {
+        "step_entropy": sum(entropies) / len(entropies) if entropies else 0.0,
+        "step_perplexity": math.exp(-sum(lps) / len(lps)) if lps else 1.0,
+    }
+    if entropies:
+        signals["h_init"] = entropies[0]
+    return signals
+
+
 class StepEntropy(Scorer):
     """The small model drafts the step; the score is the mean entropy of its tokens' distributions."""
 
@@ -209,8 +223,8 @@ class StepEntropy(Scorer):
     def glimpse(self, ctx: StepContext) -> Glimpse:
         """Draft the step with log-probabilities and average the per-token entropies."""
         done = yield from _draft(ctx, logprobs=True)
-        values = [ctx.estimate([lp for _, lp in t.top]) for t in done.logprobs if t.top]
-        return _draft_probe(ctx, self, done, sum(values) / len(values) if values else 0.0)
+        signals = draft_signals(done, ctx.estimate)
+        return _draft_probe(ctx, self, done, signals["step_entropy"], signals=signals)
 
 
 class StepPerplexity(Scorer):
@@ -222,8 +236,8 @@ class StepPerplexity(Scorer):
     def glimpse(self, ctx: StepContext) -> Glimpse:
         """Draft the step with log-probabilities and compute its perplexity."""
         done = yield from _draft(ctx, logprobs=True)
-        lps = [t.logprob for t in done.logprobs]
-        return _draft_probe(ctx, self, done, math.exp(-sum(lps) / len(lps)) if lps else 1.0)
+        signals = draft_signals(done, ctx.estimate)
+        return _draft_probe(ctx, self, done, signals["step_perplexity"], signals=signals)
 
 
 JUDGE_PROMPT = (
@@ -263,7 +277,7 @@ class SpecReason(Scorer):
             ),
         )
         score = 9.0 - expected_digit(verdict.top_logprobs or [])
-        probe = _draft_probe(ctx, self, done, score, large_tokens=verdict.tokens)
+        probe = _draft_probe(ctx, self, done, score, large_tokens=verdict.tokens, signals={"verdict": 9.0 - score})
         return probe.model_copy(update={"seconds": done.seconds + verdict.seconds})
 
 

@@ -37,6 +37,8 @@ class Probe(BaseModel):
         tokens: Tokens the small model generated for the glimpse.
         large_tokens: Tokens the large model generated for the glimpse (a judge).
         seconds: Wall time of the glimpse.
+        signals: Every difficulty signal the glimpse could compute (``h_init``, ``step_entropy``,
+            ``step_perplexity``), for analysis.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -53,6 +55,7 @@ class Probe(BaseModel):
     tokens: int
     large_tokens: int = 0
     seconds: float
+    signals: dict[str, float] = {}
 
 
 class Decision(BaseModel):
@@ -101,6 +104,7 @@ class Step(BaseModel):
     seconds: float
     probe_seconds: float
     end: StepEnd
+    signals: dict[str, float] = {}
 
 
 class RunStats(BaseModel):

@@ -1,5 +1,25 @@
-"""Evaluation helpers: answer extraction and grading."""
+"""Evaluation: problem sets, grading, strategies, the runner, calibration and figures."""
 
+from glimp_graph.eval.calibrate import Calibration, calibrate, quantile
+from glimp_graph.eval.data import Problem, grade, load_problems
 from glimp_graph.eval.grading import extract_answer, grade_integer
+from glimp_graph.eval.runner import Job, load_records, markdown_table, run_eval, summarize
+from glimp_graph.eval.strategies import STRATEGIES, Strategy
 
-__all__ = ["extract_answer", "grade_integer"]
+__all__ = [
+    "STRATEGIES",
+    "Calibration",
+    "Job",
+    "Problem",
+    "Strategy",
+    "calibrate",
+    "extract_answer",
+    "grade",
+    "grade_integer",
+    "load_problems",
+    "load_records",
+    "markdown_table",
+    "quantile",
+    "run_eval",
+    "summarize",
+]

@@ -108,6 +108,7 @@ def finish_step(
         seconds=seconds,
         probe_seconds=probe.seconds,
         end=end,
+        signals=probe.signals,
     )
     steps.append(step)
     if stop is None and thinking_tokens(steps) >= router.config.max_thinking_tokens:

@@ -326,6 +326,8 @@ def dequantize_gguf(
                     **info,
                 },
             )
+            for path in (partial, *partial.iterdir()):  # mkdtemp/safetensors make them private; a cache is not
+                path.chmod(0o755 if path.is_dir() else 0o644)
             if out.exists():
                 shutil.rmtree(out)
             os.replace(partial, out)
