@@ -8,7 +8,7 @@ import math
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,7 @@ async def run_eval(
     concurrency: int = 1,
     seed: int = 0,
     progress: bool = True,
+    before_each: Callable[[], Awaitable[None]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every job on every problem, appending one JSON record per run to ``out_path``.
 
@@ -105,6 +106,8 @@ async def run_eval(
         concurrency: Runs in flight at once (1 measures latency as the paper does: one problem at a time).
         seed: Seed of the random strategy.
         progress: Show a progress bar.
+        before_each: Awaited before each run, outside its timing (e.g. to put the servers' prompt caches in the
+            same state for every strategy).
 
     Returns:
         The records written by this call.
@@ -131,6 +134,8 @@ async def run_eval(
 
     async def one(problem: Problem, job: Job) -> None:
         async with gate:
+            if before_each is not None:
+                await before_each()
             start = time.perf_counter()
             try:
                 out = await graphs[job.label].ainvoke({"question": problem.question})

@@ -21,6 +21,17 @@ from glimp_graph.serving import LocalModels
 pytestmark = pytest.mark.integration
 
 
+DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The benchmark problems, in ``shared/data`` beside the project's root."""
+    if not (DATA_DIR / "gsm8k_dev.jsonl").exists():
+        pytest.fail(f"benchmark data not found: expected {DATA_DIR}/gsm8k_dev.jsonl (shared/ beside the checkout)")
+    return DATA_DIR
+
+
 def _cache_dir() -> Path | None:
     value = os.environ.get("GLIMP_CACHE_DIR")
     return Path(value) if value else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,6 @@ from glimp_graph.eval import extract_answer, grade_integer
 
 pytestmark = pytest.mark.integration
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 QUESTION = "Tom has 3 boxes with 4 pencils in each box. He gives away 5 pencils. How many pencils does he have left?"
 SMOL = {"max_step_tokens": 48, "max_thinking_tokens": 192, "max_steps": 8, "final_max_tokens": 32}
 
@@ -86,9 +84,9 @@ def test_async_invoke_on_real_servers(smol_pair):
     assert out["glimp_steps"] and out["glimp_answer"]
 
 
-def test_gsm8k_problem_is_answered_and_graded(qwen_pair, record_property):
+def test_gsm8k_problem_is_answered_and_graded(qwen_pair, data_dir, record_property):
     """Qwen2.5-Coder 0.5B + 1.5B on the first GSM8K dev problem; the grade is reported, not asserted."""
-    row = json.loads((DATA / "gsm8k_dev.jsonl").read_text().splitlines()[0])
+    row = json.loads((data_dir / "gsm8k_dev.jsonl").read_text().splitlines()[0])
     graph = create_glimp_graph(*qwen_pair, config={"tau": 1.0, "max_step_tokens": 256, "max_thinking_tokens": 1024})
     out = graph.invoke({"question": row["question"]})
     answer, stats = out["glimp_answer"], out["glimp_stats"]

@@ -302,19 +302,21 @@ def test_refuses_non_loopback_host(tmp_path: Path, model_file: Path, host: str) 
 def test_startup_failure_raises_with_log_tail_and_leaves_no_process(tmp_path: Path, model_file: Path) -> None:
     script = "#!/bin/sh\necho 'error: unable to load model xyz' >&2\nexit 1\n"
     binary = _script(tmp_path, "bad-server", script)
+    before = set(process_module._registry)  # servers of other tests (session fixtures) may be running
     with pytest.raises(ServingError, match="unable to load model xyz") as info:
         LlamaServer.start(model_file, alias="m", binary=binary, cache_dir=tmp_path, ready_timeout=5)
     assert "exited with code 1" in str(info.value)
-    assert process_module._registry == set()
+    assert process_module._registry == before
 
 
 def test_timeout_kills_the_process(tmp_path: Path, model_file: Path) -> None:
     binary = _script(tmp_path, "slow-server", '#!/bin/sh\necho $$ > "$0.pid"\necho loading\nexec sleep 30\n')
+    before = set(process_module._registry)
     with pytest.raises(ServingError, match="not ready after"):
         LlamaServer.start(model_file, alias="m", binary=binary, cache_dir=tmp_path, ready_timeout=0.3)
     pid = int((tmp_path / "slow-server.pid").read_text())
     assert not _alive(pid)
-    assert process_module._registry == set()
+    assert process_module._registry == before
 
 
 def test_fake_server_becomes_ready_and_stops(tmp_path: Path, model_file: Path) -> None:

@@ -1,0 +1,168 @@
+"""The benchmark report: every strategy on GSM8K dev problems with the local real pair, one command.
+
+    python bench/run_report.py --n 100
+
+1. starts the local Qwen2.5-Coder pair (0.5B small, 1.5B large) on llama.cpp servers;
+2. calibrates each routed strategy's threshold for a target large-step share on separate calibration
+   problems (saved to bench/results/calibration.json and reused, so a rerun resumes with the same thresholds);
+   before each run both servers' prompt caches are pointed elsewhere, so no strategy inherits another's cache;
+3. runs all strategies problem by problem (problem-major, one run at a time) on the first N GSM8K dev problems,
+   appending to bench/results/gsm8k_qwen.jsonl (resumable: finished runs are skipped);
+4. writes bench/REPORT.md, bench/tradeoff.png and bench/signals.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import httpx
+
+from glimp_graph import Endpoint
+from glimp_graph.eval import (
+    STRATEGIES,
+    Job,
+    calibrate,
+    load_problems,
+    load_records,
+    markdown_table,
+    run_eval,
+    summarize,
+)
+from glimp_graph.eval.plots import plot_signals, plot_tradeoff
+from glimp_graph.serving import LocalModels
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parents[1] / "shared" / "data" / "gsm8k_dev.jsonl"
+RESULTS = HERE / "results"
+CALIBRATED = ("glimp", "step-entropy", "step-perplexity", "specreason", "random")
+BASE = {"max_step_tokens": 256, "max_thinking_tokens": 768, "max_steps": 32, "final_max_tokens": 64}
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100, help="GSM8K dev problems to evaluate (rows 0..n-1)")
+    parser.add_argument("--calibration-start", type=int, default=900)
+    parser.add_argument("--calibration-n", type=int, default=6)
+    parser.add_argument("--target-large-share", type=float, default=0.25)
+    parser.add_argument("--results", type=Path, default=RESULTS / "gsm8k_qwen.jsonl")
+    parser.add_argument("--report-only", action="store_true", help="only render the report from the results")
+    args = parser.parse_args()
+    cache = os.environ.get("GLIMP_CACHE_DIR")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    calibration_file = RESULTS / "calibration.json"
+    started = time.time()
+
+    if not args.report_only:
+        with LocalModels(cache_dir=cache, ctx_size=4096) as models:
+            small = Endpoint(base_url=models.small.base_url, model=models.small.alias, seed=0)
+            large = Endpoint(base_url=models.large.base_url, model=models.large.alias, seed=0)
+            if calibration_file.exists():
+                taus = json.loads(calibration_file.read_text())["taus"]
+            else:
+                cal_problems = load_problems(DATA, start=args.calibration_start, limit=args.calibration_n)
+                taus = {}
+                for name in CALIBRATED:
+                    result = asyncio.run(
+                        calibrate(
+                            small,
+                            large,
+                            cal_problems,
+                            scorer=STRATEGIES[name].scorer,
+                            target_large_share=args.target_large_share,
+                            base_config=BASE,
+                        )
+                    )
+                    taus[name] = round(result.tau, 4)
+                    print(f"calibrated {name}: tau={result.tau:.4f} ({len(result.scores)} steps)", flush=True)
+                last = args.calibration_start + args.calibration_n - 1
+                calibration_file.write_text(
+                    json.dumps(
+                        {
+                            "target_large_share": args.target_large_share,
+                            "problems": f"gsm8k_dev rows {args.calibration_start}..{last}",
+                            "taus": taus,
+                        },
+                        indent=2,
+                    )
+                    + "\n"
+                )
+            jobs = [Job(name, taus.get(name)) for name in STRATEGIES]
+            problems = load_problems(DATA, limit=args.n)
+
+            async def flush_prompt_caches() -> None:
+                # every run starts with the question uncached on both servers, whatever ran before it
+                async with httpx.AsyncClient(timeout=60) as client:
+                    for server in (models.small, models.large):
+                        await client.post(
+                            f"{server.base_url}/chat/completions",
+                            json={"messages": [{"role": "user", "content": "ok"}], "max_tokens": 1},
+                        )
+
+            asyncio.run(
+                run_eval(small, large, problems, jobs, args.results, base_config=BASE, before_each=flush_prompt_caches)
+            )
+
+    records = load_records(args.results)
+    rows = summarize(records)
+    calibration = json.loads(calibration_file.read_text()) if calibration_file.exists() else {}
+    plot_tradeoff(rows, HERE / "tradeoff.png")
+    plot_signals(records, HERE / "signals.png")
+    lines = [
+        "# Benchmark report: GlimpRouter and baselines on GSM8K (local real models)",
+        "",
+        f"Command: `python bench/run_report.py --n {args.n}` (resumable; `--report-only` re-renders).",
+        "",
+        f"- Machine: {_cpu()}, {os.cpu_count()} cores, no GPU; Python {platform.python_version()}.",
+        "- Models: Qwen2.5-Coder-0.5B-Instruct Q4_K_M (small) and Qwen2.5-Coder-1.5B-Instruct Q4_K_M (large), "
+        "each on its own llama.cpp `llama-server` (llama-cpp-python 0.3.36 sources, 2 threads, -np 1).",
+        f"- Versions: glimp-graph {version('glimp-graph')} (commit {_git_commit()}), langgraph {version('langgraph')}, "
+        f"langchain-openai {version('langchain-openai')}.",
+        f"- Problems: GSM8K dev rows 0..{args.n - 1}; every strategy on the same problems, one run at a time, "
+        "problem by problem. Budgets: " + ", ".join(f"{k}={v}" for k, v in BASE.items()) + "; `steps` prompt.",
+        f"- Thresholds calibrated for a {calibration.get('target_large_share', '?')} large-step share on "
+        f"{calibration.get('problems', '?')}: `{calibration.get('taus', {})}`.",
+        "",
+        markdown_table(rows),
+        "Latency is wall time per problem; the ratio is to `large-only` on the same problems. Accuracy's ± is one "
+        "standard error. 'glimpse time share' is the time spent scoring steps (probes, drafts, judgements).",
+        "",
+        "![accuracy vs latency](tradeoff.png)",
+        "",
+        "![signals](signals.png)",
+        "",
+    ]
+    (HERE / "REPORT.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(f"done in {time.time() - started:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

