@@ -66,6 +66,53 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
+async def _measure(args: argparse.Namespace, cache: str | None, calibration_file: Path) -> None:
+    with LocalModels(cache_dir=cache, ctx_size=4096) as models:
+        small = Endpoint(base_url=models.small.base_url, model=models.small.alias, seed=0)
+        large = Endpoint(base_url=models.large.base_url, model=models.large.alias, seed=0)
+        if calibration_file.exists():
+            taus = json.loads(calibration_file.read_text())["taus"]
+        else:
+            cal_problems = load_problems(DATA, start=args.calibration_start, limit=args.calibration_n)
+            taus = {}
+            for name in CALIBRATED:
+                result = await calibrate(
+                    small,
+                    large,
+                    cal_problems,
+                    scorer=STRATEGIES[name].scorer,
+                    target_large_share=args.target_large_share,
+                    base_config=BASE,
+                )
+                taus[name] = round(result.tau, 4)
+                print(f"calibrated {name}: tau={result.tau:.4f} ({len(result.scores)} steps)", flush=True)
+            last = args.calibration_start + args.calibration_n - 1
+            calibration_file.write_text(
+                json.dumps(
+                    {
+                        "target_large_share": args.target_large_share,
+                        "problems": f"gsm8k_dev rows {args.calibration_start}..{last}",
+                        "taus": taus,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+        jobs = [Job(name, taus.get(name)) for name in STRATEGIES]
+        problems = load_problems(DATA, limit=args.n)
+
+        async def flush_prompt_caches() -> None:
+            # every run starts with the question uncached on both servers, whatever ran before it
+            async with httpx.AsyncClient(timeout=60) as client:
+                for server in (models.small, models.large):
+                    await client.post(
+                        f"{server.base_url}/chat/completions",
+                        json={"messages": [{"role": "user", "content": "ok"}], "max_tokens": 1},
+                    )
+
+        await run_eval(small, large, problems, jobs, args.results, base_config=BASE, before_each=flush_prompt_caches)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100, help="GSM8K dev problems to evaluate (rows 0..n-1)")
@@ -81,54 +128,8 @@ def main() -> None:
     started = time.time()
 
     if not args.report_only:
-        with LocalModels(cache_dir=cache, ctx_size=4096) as models:
-            small = Endpoint(base_url=models.small.base_url, model=models.small.alias, seed=0)
-            large = Endpoint(base_url=models.large.base_url, model=models.large.alias, seed=0)
-            if calibration_file.exists():
-                taus = json.loads(calibration_file.read_text())["taus"]
-            else:
-                cal_problems = load_problems(DATA, start=args.calibration_start, limit=args.calibration_n)
-                taus = {}
-                for name in CALIBRATED:
-                    result = asyncio.run(
-                        calibrate(
-                            small,
-                            large,
-                            cal_problems,
-                            scorer=STRATEGIES[name].scorer,
-                            target_large_share=args.target_large_share,
-                            base_config=BASE,
-                        )
-                    )
-                    taus[name] = round(result.tau, 4)
-                    print(f"calibrated {name}: tau={result.tau:.4f} ({len(result.scores)} steps)", flush=True)
-                last = args.calibration_start + args.calibration_n - 1
-                calibration_file.write_text(
-                    json.dumps(
-                        {
-                            "target_large_share": args.target_large_share,
-                            "problems": f"gsm8k_dev rows {args.calibration_start}..{last}",
-                            "taus": taus,
-                        },
-                        indent=2,
-                    )
-                    + "\n"
-                )
-            jobs = [Job(name, taus.get(name)) for name in STRATEGIES]
-            problems = load_problems(DATA, limit=args.n)
-
-            async def flush_prompt_caches() -> None:
-                # every run starts with the question uncached on both servers, whatever ran before it
-                async with httpx.AsyncClient(timeout=60) as client:
-                    for server in (models.small, models.large):
-                        await client.post(
-                            f"{server.base_url}/chat/completions",
-                            json={"messages": [{"role": "user", "content": "ok"}], "max_tokens": 1},
-                        )
-
-            asyncio.run(
-                run_eval(small, large, problems, jobs, args.results, base_config=BASE, before_each=flush_prompt_caches)
-            )
+        # one event loop for everything: langchain-openai shares its async HTTP client between graphs
+        asyncio.run(_measure(args, cache, calibration_file))
 
     records = load_records(args.results)
     rows = summarize(records)

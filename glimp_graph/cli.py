@@ -355,13 +355,63 @@ def _histogram(scores: list[float], bins: int = 12, width: int = 40) -> str:
 
 
 @main.command()
-@click.option("--backend", type=click.Choice(["llama.cpp"]), default="llama.cpp", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["llama.cpp", "vllm"]),
+    default="llama.cpp",
+    show_default=True,
+    help="llama.cpp: serve the local pair here; vllm: print the `vllm serve` commands for a GPU machine.",
+)
 @click.option("--local-small", default=LOCAL_SMALL, show_default=True)
 @click.option("--local-large", default=LOCAL_LARGE, show_default=True)
 @click.option("--cache-dir", envvar="GLIMP_CACHE_DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--ctx-size", default=8192, show_default=True)
-def serve(backend: str, local_small: str, local_large: str, cache_dir: Path | None, ctx_size: int) -> None:
-    """Serve the local small and large models on 127.0.0.1 until interrupted (Ctrl-C)."""
+@click.option("--small-model", default="Qwen/Qwen3-4B", show_default=True, help="vllm: the small model.")
+@click.option(
+    "--large-model",
+    default="deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
+    show_default=True,
+    help="vllm: the large model.",
+)
+@click.option("--gpus", default=1, show_default=True, help="vllm: 1 = both models share GPU 0; >= 2 = a GPU each.")
+@click.option("--tensor-parallel", default=1, show_default=True, help="vllm: GPUs for the large model.")
+@click.option("--memory-split", default="0.25,0.65", show_default=True, help="vllm, one GPU: memory fractions.")
+@click.option("--max-logprobs", default=20, show_default=True, help="vllm: the small server's --max-logprobs.")
+@click.option("--speculative-config", help="vllm: JSON for the large model's --speculative-config.")
+def serve(
+    backend: str,
+    local_small: str,
+    local_large: str,
+    cache_dir: Path | None,
+    ctx_size: int,
+    small_model: str,
+    large_model: str,
+    gpus: int,
+    tensor_parallel: int,
+    memory_split: str,
+    max_logprobs: int,
+    speculative_config: str | None,
+) -> None:
+    """Serve the two models: the local pair on 127.0.0.1 (until Ctrl-C), or print vLLM's commands for GPUs."""
+    if backend == "vllm":
+        from glimp_graph.serving import vllm_commands
+
+        try:
+            split = tuple(float(x) for x in memory_split.split(","))
+            spec = json.loads(speculative_config) if speculative_config else None
+            lines = vllm_commands(
+                small_model,
+                large_model,
+                gpus=gpus,
+                gpu_memory_split=split,  # type: ignore[arg-type]
+                tensor_parallel=tensor_parallel,
+                speculative_config=spec,
+                max_logprobs=max_logprobs,
+            )
+        except (ValueError, TypeError) as exc:
+            raise click.UsageError(str(exc)) from None
+        click.echo("\n".join(lines))
+        return
     import time
 
     from glimp_graph.serving import LocalModels

@@ -13,6 +13,7 @@ when the functions are called or :class:`LocalModels` is entered.
 from __future__ import annotations
 
 from glimp_graph.serving._paths import default_cache_dir
+from glimp_graph.serving.deploy import vllm_commands
 from glimp_graph.serving.errors import ServingError, WeightsError
 from glimp_graph.serving.llama_server import (
     LLAMA_CPP_PYTHON_VERSION,
@@ -22,6 +23,7 @@ from glimp_graph.serving.llama_server import (
 )
 from glimp_graph.serving.local import LocalModels
 from glimp_graph.serving.process import LlamaServer
+from glimp_graph.serving.vllm import VllmServer, dequantize_gguf, ensure_vllm_env
 from glimp_graph.serving.weights import MODELS, ModelSpec, fetch_model
 
 __all__ = [
@@ -31,10 +33,14 @@ __all__ = [
     "LocalModels",
     "ModelSpec",
     "ServingError",
+    "VllmServer",
     "WeightsError",
     "build_llama_server",
     "default_cache_dir",
+    "dequantize_gguf",
+    "ensure_vllm_env",
     "fetch_model",
     "find_llama_server",
     "llama_server_path",
+    "vllm_commands",
 ]

@@ -1,0 +1,145 @@
+"""Evaluation harness: data, grading, calibration maths, the resumable runner and the summary."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Any
+
+import pytest
+from conftest import FakeServer, is_probe, logprobs_for_entropy
+from conftest import endpoint as endpoint_of
+
+from glimp_graph.eval import (
+    STRATEGIES,
+    Job,
+    Problem,
+    grade,
+    load_problems,
+    load_records,
+    markdown_table,
+    quantile,
+    run_eval,
+    summarize,
+)
+
+
+def _write(tmp_path, rows: list[Any]) -> Any:
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_load_problems_detects_answer_kinds_and_slices(tmp_path):
+    path = _write(
+        tmp_path,
+        [
+            {"id": "a", "question": "q1", "answer": "1,234", "answer_number": "1234", "source": "gsm8k/test"},
+            {"id": "b", "question": "q2", "answer": "\\frac{1}{2}", "source": "math500"},
+            {"question": "q3", "answer": 7},
+        ],
+    )
+    problems = load_problems(path)
+    assert [(p.id, p.kind, p.answer) for p in problems] == [
+        ("a", "integer", "1234"),
+        ("b", "latex", "\\frac{1}{2}"),
+        ("p-3", "integer", "7"),
+    ]
+    assert [p.id for p in load_problems(path, start=1, limit=1)] == ["b"]
+
+
+def test_load_problems_names_the_bad_line(tmp_path):
+    path = _write(tmp_path, [{"question": "ok", "answer": 1}, "{not json", {"answer": 2}])
+    with pytest.raises(ValueError, match=r"p\.jsonl:2"):
+        load_problems(path)
+    path = _write(tmp_path, [{"question": "ok", "answer": 1}, {"answer": 2}])
+    with pytest.raises(ValueError, match=r"p\.jsonl:2: each line needs"):
+        load_problems(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "gold", "kind", "ok"),
+    [
+        ("so the total is \\boxed{18}", "18", "integer", True),
+        ("The answer is $1,234.", "1234", "integer", True),
+        ("Final answer: 17 apples", "18", "integer", False),
+        ("\\boxed{0.5}", "\\frac{1}{2}", "latex", True),
+        ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt3}{2}", "latex", True),
+        ("\\boxed{x+1}", "x+2", "latex", False),
+        ("no answer here", "\\pi", "latex", False),
+    ],
+)
+def test_grade_integer_and_latex(text, gold, kind, ok):
+    assert grade(Problem(id="x", question="?", answer=gold, kind=kind), text)[1] is ok
+
+
+def test_quantile_interpolates():
+    assert quantile([0.0, 1.0, 2.0, 3.0], 0.5) == pytest.approx(1.5)
+    assert quantile([5.0], 0.9) == 5.0
+    with pytest.raises(ValueError):
+        quantile([], 0.5)
+
+
+def test_every_strategy_maps_to_a_valid_config():
+    from glimp_graph import GlimpConfig
+
+    for strategy in STRATEGIES.values():
+        GlimpConfig(**strategy.config(None))
+    assert STRATEGIES["large-only"].config(None)["tau"] == -math.inf
+    assert STRATEGIES["small-only"].config(None)["final_model"] == "small"
+
+
+def _answering(server: FakeServer, role: str) -> None:
+    def handler(body: dict[str, Any]) -> dict[str, Any]:
+        question = body["messages"][-2 if body["messages"][-1]["role"] == "assistant" else -1]["content"]
+        n = int(question.rsplit(" ", 1)[1].rstrip("?"))
+        if is_probe(body):
+            return server.chat("So", body, finish_reason="length", top_logprobs=logprobs_for_entropy(0.3, "So"))
+        if body.get("stop"):
+            return server.chat(f" \\boxed{{{n + 1}}}", body, stop_reason="\n\n", completion_tokens=4)
+        return server.chat(f" {n + 1}", body, completion_tokens=2)
+
+    server.handler = handler
+
+
+def test_run_eval_records_grades_resumes_and_summarizes(tmp_path, fake_small, fake_large):
+    _answering(fake_small, "small")
+    _answering(fake_large, "large")
+    problems = [
+        Problem(id=f"p{i}", question=f"What is {i} plus one? {i}?", answer=str(i + 1), kind="integer") for i in range(3)
+    ]
+    jobs = [Job("glimp", 1.0), Job("large-only"), Job("small-only")]
+    out = tmp_path / "runs.jsonl"
+    small, large = endpoint_of(fake_small), endpoint_of(fake_large)
+    written = asyncio.run(run_eval(small, large, problems, jobs, out, progress=False))
+    assert len(written) == 9 and all(r["correct"] and r["error"] is None for r in written)
+    # problem-major order: every job on p0 before p1
+    assert [r["id"] for r in written[:3]] == ["p0"] * 3
+    again = asyncio.run(run_eval(small, large, problems, jobs, out, progress=False))
+    assert again == [] and len(load_records(out)) == 9  # resumed: nothing left to run
+    rows = {r["job"]: r for r in summarize(load_records(out))}
+    assert rows["glimp@1"]["accuracy"] == 1.0 and rows["large-only"]["latency_ratio"] == pytest.approx(1.0)
+    assert rows["large-only"]["large_share"] == 1.0 and rows["small-only"]["large_share"] == 0.0
+    assert "| glimp@1 | 3 | 100.0% ± 0.0%" in markdown_table(list(rows.values()))
+
+
+def test_run_eval_records_errors_and_retries_them(tmp_path, fake_small, fake_large):
+    fake_small.handler = lambda body: (500, "boom")
+    problems = [Problem(id="p", question="What is 1 plus one? 1?", answer="2", kind="integer")]
+    out = tmp_path / "runs.jsonl"
+    small, large = endpoint_of(fake_small), endpoint_of(fake_large)
+    written = asyncio.run(run_eval(small, large, problems, [Job("glimp")], out, progress=False))
+    assert written[0]["error"] and "HTTP 500" in written[0]["error"]
+    _answering(fake_small, "small")
+    _answering(fake_large, "large")
+    retried = asyncio.run(run_eval(small, large, problems, [Job("glimp")], out, progress=False))
+    assert len(retried) == 1 and retried[0]["correct"]
+
+
+def test_run_eval_rejects_bad_arguments(tmp_path, fake_small, fake_large):
+    small, large = endpoint_of(fake_small), endpoint_of(fake_large)
+    with pytest.raises(ValueError, match="'vibes'"):
+        asyncio.run(run_eval(small, large, [], [Job("vibes")], tmp_path / "o.jsonl"))
+    with pytest.raises(ValueError, match="concurrency must be >= 1, got 0"):
+        asyncio.run(run_eval(small, large, [], [Job("glimp")], tmp_path / "o.jsonl", concurrency=0))
