@@ -100,6 +100,7 @@ class GlimpConfig(BaseModel):
     prompt: PromptTemplate = Field(default_factory=lambda: PRESETS["steps"])
     scorer: str | Scorer = "glimp"
     final_model: Literal["small", "large"] = "large"
+    on_small_failure: Literal["fallback", "raise"] = "fallback"
 
     @field_validator("tau")
     @classmethod

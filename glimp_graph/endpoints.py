@@ -19,11 +19,21 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatResult
 from langchain_openai import ChatOpenAI
 
-from glimp_graph.errors import BadResponseError, EndpointError, LogprobsUnavailableError
+from glimp_graph.errors import (
+    BadResponseError,
+    ContextLengthError,
+    EndpointError,
+    EndpointUnavailableError,
+    LogprobsUnavailableError,
+)
 from glimp_graph.state import Role, StepEnd
 
 if TYPE_CHECKING:
     from glimp_graph.config import Endpoint, ServerKind
+
+#: Characters per token assumed when checking a prompt against the context window before sending it; real text
+#: has fewer characters per token, so the estimate only rejects prompts that cannot fit.
+CHARS_PER_TOKEN = 4
 
 _CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}
 
@@ -122,6 +132,7 @@ class ModelClient:
         self.role = role
         self._server: ServerKind | None = None if endpoint.server == "auto" else endpoint.server
         self.vocab_size: int | None = None
+        self.context_length: int | None = None
         self._llm = _ChatOpenAI(
             model=endpoint.model,
             base_url=endpoint.base_url,
@@ -147,6 +158,10 @@ class ModelClient:
         meta = getattr(entry, "meta", None) or {}
         if isinstance(meta, dict) and isinstance(meta.get("n_vocab"), int):
             self.vocab_size = meta["n_vocab"]
+        context = meta.get("n_ctx") if isinstance(meta, dict) else None
+        context = context or getattr(entry, "max_model_len", None)
+        if isinstance(context, int) and context > 0:
+            self.context_length = context
 
     def server_kind(self) -> ServerKind:
         """The server's kind, asked once with ``GET /models`` when the endpoint says ``"auto"``."""
@@ -184,6 +199,7 @@ class ModelClient:
         return self._parse(request, server, message, time.perf_counter() - start)
 
     def _shape(self, request: Request, server: ServerKind) -> tuple[list[dict[str, str]], dict[str, Any], dict]:
+        self._check_fits(request)
         messages = list(request.messages)
         kwargs: dict[str, Any] = {"max_tokens": request.max_tokens}
         if request.prefix:
@@ -204,6 +220,18 @@ class ModelClient:
             "metadata": {"glimp_role": self.role, "glimp_server": server, **request.metadata},
         }
         return messages, kwargs, config
+
+    def _check_fits(self, request: Request) -> None:
+        if self.context_length is None:
+            return
+        chars = sum(len(m.get("content") or "") for m in request.messages) + len(request.prefix)
+        if chars // CHARS_PER_TOKEN > self.context_length:
+            raise self._bad(
+                ContextLengthError,
+                f"the prompt ({chars} characters, at least ~{chars // CHARS_PER_TOKEN} tokens) cannot fit the "
+                f"model's context of {self.context_length} tokens: shorten the question or serve the model "
+                "with a larger context",
+            )
 
     def _parse(self, request: Request, server: ServerKind, message: BaseMessage, seconds: float) -> Completion:
         if not isinstance(message, AIMessage) or not isinstance(message.content, str):
@@ -266,10 +294,11 @@ class ModelClient:
             raise
         except openai.APITimeoutError as exc:
             waited = f"no answer within {self.endpoint.timeout:g} s (after {self.endpoint.max_retries} retries)"
-            raise self._bad(EndpointError, waited) from exc
+            raise self._bad(EndpointUnavailableError, waited) from exc
         except openai.APIConnectionError as exc:
             raise self._bad(
-                EndpointError, f"cannot connect ({exc.__cause__ or exc}); is the server running at this URL?"
+                EndpointUnavailableError,
+                f"cannot connect ({exc.__cause__ or exc}); is the server running at this URL?",
             ) from exc
         except openai.AuthenticationError as exc:
             raise self._bad(EndpointError, "the server refused the API key (HTTP 401); check api_key") from exc
@@ -280,7 +309,23 @@ class ModelClient:
                 f"{self.endpoint.model!r}",
             ) from exc
         except openai.APIStatusError as exc:
-            raise self._bad(EndpointError, f"HTTP {exc.status_code}: {_body(exc)}") from exc
+            body = _body(exc)
+            if exc.status_code >= 500:
+                failed = f"HTTP {exc.status_code} (after {self.endpoint.max_retries} retries): {body}"
+                raise self._bad(EndpointUnavailableError, failed) from exc
+            if exc.status_code == 400 and "context" in body.lower():
+                raise self._bad(
+                    ContextLengthError,
+                    f"HTTP 400: {body}; the prompt does not fit the model's context: shorten the question, lower "
+                    "max_thinking_tokens / final_max_tokens, or serve the model with a larger context",
+                ) from exc
+            if exc.status_code == 400 and "logprobs" in body.lower():
+                raise self._bad(
+                    LogprobsUnavailableError,
+                    f"HTTP 400: {body}; the server refuses the probe's top_logprobs: start vLLM with "
+                    "--max-logprobs >= top_k, or lower top_k",
+                ) from exc
+            raise self._bad(EndpointError, f"HTTP {exc.status_code}: {body}") from exc
         except (openai.APIResponseValidationError, ValueError, KeyError, TypeError) as exc:
             raise self._bad(BadResponseError, f"the server's answer is not a valid chat completion: {exc}") from exc
 

@@ -33,6 +33,14 @@ class EndpointError(GlimpError):
         super().__init__(f"{role} model at {base_url}: {message}")
 
 
+class EndpointUnavailableError(EndpointError):
+    """The server could not be reached, timed out, or failed (HTTP 5xx), after the client's retries."""
+
+
+class ContextLengthError(EndpointError, InputError):
+    """The prompt does not fit the model's context window (found before sending, or reported by the server)."""
+
+
 class LogprobsUnavailableError(EndpointError):
     """The small model's server answered without the log-probabilities the probe needs."""
 

@@ -39,6 +39,8 @@ class Probe(BaseModel):
         seconds: Wall time of the glimpse.
         signals: Every difficulty signal the glimpse could compute (``h_init``, ``step_entropy``,
             ``step_perplexity``), for analysis.
+        forced: A model the step must go to whatever the score (the small model's server failed).
+        note: Why the step was forced.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -56,6 +58,8 @@ class Probe(BaseModel):
     large_tokens: int = 0
     seconds: float
     signals: dict[str, float] = {}
+    forced: Role | None = None
+    note: str | None = None
 
 
 class Decision(BaseModel):
@@ -69,6 +73,7 @@ class Decision(BaseModel):
     scorer: str
     tau: float
     model: Role
+    note: str | None = None
 
 
 class Step(BaseModel):
@@ -105,6 +110,7 @@ class Step(BaseModel):
     probe_seconds: float
     end: StepEnd
     signals: dict[str, float] = {}
+    note: str | None = None
 
 
 class RunStats(BaseModel):
@@ -148,6 +154,7 @@ class RunStats(BaseModel):
     estimator: str
     scorer: str = "glimp"
     final_model: Role = "large"
+    small_failure: str | None = None
 
 
 class GlimpInput(TypedDict, total=False):
@@ -183,4 +190,5 @@ class GlimpState(GlimpInput, GlimpOutput, total=False):
     glimp_probe_seconds: float
     glimp_small_tokens: int
     glimp_large_tokens: int
+    glimp_small_down: str | None
     glimp_started: float

@@ -1,7 +1,8 @@
 """Runs node logic written once as a generator, synchronously or asynchronously.
 
 A node's logic yields ``(client, request)`` pairs and receives the :class:`~glimp_graph.endpoints.Completion`
-back; it returns the state update. :func:`as_node` wraps it in a ``RunnableLambda`` whose sync body calls
+back (or, when the call fails, the :class:`~glimp_graph.errors.GlimpError` raised at the ``yield``, so the logic
+can fall back); it returns the state update. :func:`as_node` wraps it in a ``RunnableLambda`` whose sync body calls
 ``client.complete`` and whose async body awaits ``client.acomplete``, so ``invoke`` and ``ainvoke`` share every
 line of the logic.
 """
@@ -14,6 +15,7 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 
 from glimp_graph.endpoints import Call, Completion
+from glimp_graph.errors import GlimpError
 
 Logic = Callable[[dict[str, Any], RunnableConfig], Generator[Call, Completion, Any]]
 
@@ -26,7 +28,12 @@ def as_node(logic: Logic, name: str) -> RunnableLambda:
         try:
             client, request = next(gen)
             while True:
-                client, request = gen.send(client.complete(request))
+                try:
+                    result = client.complete(request)
+                except GlimpError as exc:
+                    client, request = gen.throw(exc)
+                else:
+                    client, request = gen.send(result)
         except StopIteration as done:
             return done.value
 
@@ -35,7 +42,12 @@ def as_node(logic: Logic, name: str) -> RunnableLambda:
         try:
             client, request = next(gen)
             while True:
-                client, request = gen.send(await client.acomplete(request))
+                try:
+                    result = await client.acomplete(request)
+                except GlimpError as exc:
+                    client, request = gen.throw(exc)
+                else:
+                    client, request = gen.send(result)
         except StopIteration as done:
             return done.value
 

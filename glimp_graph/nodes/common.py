@@ -59,6 +59,15 @@ def trace_metadata(state: dict[str, Any], index: int, **extra: Any) -> dict[str,
     return {"glimp_step": index, "glimp_tau": state.get("glimp_run_tau"), **extra}
 
 
+def small_failed(router: Router, exc: Exception) -> str | None:
+    """The reason to drop the small model for the rest of the run, or ``None`` if ``exc`` must propagate."""
+    from glimp_graph.errors import EndpointUnavailableError
+
+    if isinstance(exc, EndpointUnavailableError) and router.config.on_small_failure == "fallback":
+        return f"small model unavailable, the large model writes the remaining steps: {exc}"
+    return None
+
+
 def emit(event: dict[str, Any]) -> None:
     """Send ``event`` to ``stream_mode="custom"`` consumers (a no-op outside a streaming run)."""
     try:

@@ -69,4 +69,5 @@ def run_stats(state: dict[str, Any], steps: list[Step], final: Completion, route
         estimator=router.config.estimator_name,
         scorer=router.scorer.name,
         final_model=router.config.final_model,
+        small_failure=state.get("glimp_small_down"),
     )

@@ -76,5 +76,6 @@ def prepare(state: dict[str, Any], *, default_tau: float) -> dict[str, Any]:
         "glimp_probe_seconds": 0.0,
         "glimp_small_tokens": 0,
         "glimp_large_tokens": 0,
+        "glimp_small_down": None,
         "glimp_started": time.time(),
     }

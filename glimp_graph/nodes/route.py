@@ -11,12 +11,21 @@ from glimp_graph.state import Decision
 
 
 def route(state: dict[str, Any]) -> Command[Literal["small_step", "large_step"]]:
-    """Send the step to the small model when ``score <= tau`` (GlimpRouter: ``H_init <= tau``), else the large."""
+    """Send the step to the small model when ``score <= tau`` (GlimpRouter: ``H_init <= tau``), else the large.
+
+    A probe forced to one model (the small model's server failed and the run falls back) overrides the score.
+    """
     probe = state["glimp_probe"]
     tau = state["glimp_run_tau"]
-    model = "small" if probe.score <= tau else "large"
+    model = probe.forced or ("small" if probe.score <= tau else "large")
     decision = Decision(
-        index=probe.index, h_init=probe.h_init, score=probe.score, scorer=probe.scorer, tau=tau, model=model
+        index=probe.index,
+        h_init=probe.h_init,
+        score=probe.score,
+        scorer=probe.scorer,
+        tau=tau,
+        model=model,
+        note=probe.note,
     )
     emit({"type": "route", **decision.model_dump(), "probe_token": probe.token})
     return Command(goto=f"{model}_step", update={"glimp_decision": decision})

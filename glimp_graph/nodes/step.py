@@ -8,10 +8,12 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 
 from glimp_graph.endpoints import Call, Completion, Request
+from glimp_graph.errors import EndpointError
 from glimp_graph.nodes.common import (
     Router,
     conversation,
     emit,
+    small_failed,
     step_budget,
     steps_of,
     thinking_tokens,
@@ -36,7 +38,11 @@ def _request(state: dict[str, Any], router: Router, role: Role, prefix: str, max
 
 
 def small_step(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> Generator[Call, Completion, dict]:
-    """The small model's step: the accepted draft, or a continuation of the probed token (unless reuse is off)."""
+    """The small model's step: the accepted draft, or a continuation of the probed token (unless reuse is off).
+
+    If the small model's server fails mid-step and ``on_small_failure="fallback"``, the large model writes the
+    step instead and every later step of the run.
+    """
     probe: Probe = state["glimp_probe"]
     delimiter = router.config.delimiter
     budget = step_budget(state, router)
@@ -48,15 +54,21 @@ def small_step(state: dict[str, Any], config: RunnableConfig, *, router: Router)
         text, tokens, seconds, end = "", 0, 0.0, "eos"
     elif probe.kind == "token" and delimiter in probe.token:
         text, tokens, seconds, end = probe.token.split(delimiter, 1)[0], 1, 0.0, "delimiter"
-    elif probe.kind == "none" or not router.config.reuse_probe_token:
-        done = yield router.small, _request(state, router, "small", prefix, budget)
-        text, tokens, seconds, end = done.text, done.tokens, done.seconds, done.end
-        new_tokens = done.tokens
-    elif budget <= 1:
+    elif probe.kind == "token" and router.config.reuse_probe_token and budget <= 1:
         text, tokens, seconds, end = probe.token, 1, 0.0, "length"
     else:
-        done = yield router.small, _request(state, router, "small", prefix + probe.token, budget - 1)
-        text, tokens, seconds, end = probe.token + done.text, 1 + done.tokens, done.seconds, done.end
+        reuse = probe.kind == "token" and router.config.reuse_probe_token
+        head = probe.token if reuse else ""
+        try:
+            done = yield router.small, _request(state, router, "small", prefix + head, budget - int(reuse))
+        except EndpointError as exc:
+            reason = small_failed(router, exc) if exc.role == "small" else None
+            if reason is None:
+                raise
+            update = yield from _large_writes(state, router, note=reason)
+            update["glimp_small_down"] = reason
+            return update
+        text, tokens, seconds, end = head + done.text, int(reuse) + done.tokens, done.seconds, done.end
         new_tokens = done.tokens
     update = finish_step(state, router, "small", text, tokens, seconds, end)
     update["glimp_small_tokens"] = state.get("glimp_small_tokens", 0) + new_tokens
@@ -65,11 +77,15 @@ def small_step(state: dict[str, Any], config: RunnableConfig, *, router: Router)
 
 def large_step(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> Generator[Call, Completion, dict]:
     """The large model writes the whole step from the trace (a probed token or a draft is not used)."""
+    return (yield from _large_writes(state, router, note=state["glimp_probe"].note))
+
+
+def _large_writes(state: dict[str, Any], router: Router, *, note: str | None) -> Generator[Call, Completion, dict]:
     done = yield router.large, _request(state, router, "large", trace_prefix(state, router), step_budget(state, router))
     end = done.end
     if not done.text and end == "stop":
         end = "eos"  # nothing written: the large model ended its turn
-    update = finish_step(state, router, "large", done.text, done.tokens, done.seconds, end)
+    update = finish_step(state, router, "large", done.text, done.tokens, done.seconds, end, note=note)
     update["glimp_large_tokens"] = state.get("glimp_large_tokens", 0) + done.tokens
     return update
 
@@ -89,7 +105,15 @@ def _stop_reason(text: str, end: StepEnd, steps: list[Step], router: Router) -> 
 
 
 def finish_step(
-    state: dict[str, Any], router: Router, role: Role, text: str, tokens: int, seconds: float, end: StepEnd
+    state: dict[str, Any],
+    router: Router,
+    role: Role,
+    text: str,
+    tokens: int,
+    seconds: float,
+    end: StepEnd,
+    *,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Record the step and whether the reasoning ends with it."""
     probe: Probe = state["glimp_probe"]
@@ -109,6 +133,7 @@ def finish_step(
         probe_seconds=probe.seconds,
         end=end,
         signals=probe.signals,
+        note=note,
     )
     steps.append(step)
     if stop is None and thinking_tokens(steps) >= router.config.max_thinking_tokens:

@@ -147,6 +147,7 @@ class FakeServer:
 
     Attributes:
         owned_by: What ``GET /v1/models`` reports (``"vllm"``, ``"llamacpp"``, ...).
+        model_extra: More fields of the model entry (``{"meta": {"n_ctx": ...}}``, ``{"max_model_len": ...}``).
         handler: ``(body) -> dict | (status, text)``, answers ``POST /v1/chat/completions``.
         requests: Parsed JSON bodies of the chat completion requests, in order.
         paths: ``(method, path)`` of every request, in order.
@@ -155,6 +156,7 @@ class FakeServer:
 
     def __init__(self, owned_by: str = "vllm") -> None:
         self.owned_by = owned_by
+        self.model_extra: dict[str, Any] = {}
         self.handler: Handler = lambda body: (500, "no handler set in the test")
         self.requests: list[dict[str, Any]] = []
         self.paths: list[tuple[str, str]] = []
@@ -181,7 +183,10 @@ class FakeServer:
                 if self.path.rstrip("/") == "/v1/models":
                     models = {
                         "object": "list",
-                        "data": [{"id": "fake", "object": "model", "created": 0, "owned_by": fake.owned_by}],
+                        "data": [
+                            {"id": "fake", "object": "model", "created": 0, "owned_by": fake.owned_by}
+                            | fake.model_extra
+                        ],
                     }
                     self._send(200, json.dumps(models))
                 else:
