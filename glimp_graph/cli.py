@@ -439,5 +439,13 @@ def fetch(models: tuple[str, ...], cache_dir: Path | None) -> None:
     click.echo(f"llama-server: {build_llama_server(cache_dir)}")
 
 
+def _register_optional_commands() -> None:
+    from glimp_graph.cli_serve_router import serve_router
+
+    main.add_command(serve_router)
+
+
+_register_optional_commands()
+
 if __name__ == "__main__":
     main()

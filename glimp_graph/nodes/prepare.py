@@ -26,7 +26,7 @@ def _text(message: BaseMessage) -> str:
 
 def _check_text(value: str, what: str) -> str:
     if not value.strip():
-        raise InputError(f"{what} is empty or whitespace: {value!r}")
+        raise InputError(f"{what} is empty or whitespace: {value!r:.80}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:

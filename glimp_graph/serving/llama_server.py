@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+#: sha256 of the pinned sdist (llama_cpp_python-0.3.36.tar.gz); pip checks it before preparing the archive.
+LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 """Version of the ``llama-cpp-python`` sdist whose vendored llama.cpp is built."""
 
 _BASE_FLAGS: tuple[str, ...] = (
@@ -165,14 +167,27 @@ def _generator_args() -> list[str]:
     raise ServingError(f"building llama-server needs `make` or `ninja`; {hint}")
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _fetch_sdist(src_dir: Path) -> Path:
     name = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
     sdist = src_dir / name
     if sdist.is_file():
-        return sdist
+        if _sha256(sdist) == LLAMA_CPP_PYTHON_SHA256:
+            return sdist
+        sdist.unlink()  # a cached file that is not the pinned one is never built
     src_dir.mkdir(parents=True, exist_ok=True)
     requirement = f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
     with tempfile.TemporaryDirectory(prefix="glimp-sdist-", dir=src_dir) as tmp:
+        # --require-hashes: pip checks the archive against the pin before it prepares (runs) anything of it
+        pinned = Path(tmp) / "requirements.txt"
+        pinned.write_text(f"{requirement} --hash=sha256:{LLAMA_CPP_PYTHON_SHA256}\n")
         cmd = [
             sys.executable,
             "-m",
@@ -181,10 +196,12 @@ def _fetch_sdist(src_dir: Path) -> Path:
             "--no-deps",
             "--no-binary",
             ":all:",
+            "--require-hashes",
             "--disable-pip-version-check",
             "-d",
             tmp,
-            f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
+            "-r",
+            str(pinned),
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -195,6 +212,8 @@ def _fetch_sdist(src_dir: Path) -> Path:
         found = sorted(Path(tmp).glob("*.tar.gz"))
         if not found:
             raise ServingError(f"pip download of {requirement} produced no sdist")
+        if (got := _sha256(found[0])) != LLAMA_CPP_PYTHON_SHA256:
+            raise ServingError(f"{found[0].name}: sha256 {got} is not the pinned {LLAMA_CPP_PYTHON_SHA256}")
         os.replace(found[0], sdist)
     return sdist
 

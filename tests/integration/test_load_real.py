@@ -1,0 +1,64 @@
+"""Concurrency against real llama.cpp servers: 8 runs of 8 distinct questions in flight at once.
+
+Correctness only (no timing assertions): every run finishes without an error, within an overall limit, and every
+result belongs to its own question. The driver and the check are ``bench/load.py``'s, imported by path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from glimp_graph import create_glimp_graph
+
+pytestmark = pytest.mark.integration
+
+LOAD_PY = Path(__file__).resolve().parents[2] / "bench" / "load.py"
+TINY = {"max_step_tokens": 16, "max_thinking_tokens": 32, "max_steps": 2, "final_max_tokens": 16, "tau": 1.0}
+N = 8
+DELIMITER = "\n\n"  # GlimpConfig's default
+OVERALL_TIMEOUT_S = 420.0  # generous: the machine may be busy
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("glimp_bench_load", LOAD_PY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def load():
+    return _load_module()
+
+
+def test_eight_concurrent_runs_each_answer_their_own_question(smol_pair, data_dir, load):
+    graph = create_glimp_graph(*smol_pair, config=TINY)
+    questions = load.load_questions(data_dir / "gsm8k_dev.jsonl", N, start=100)
+    assert len(set(questions)) == N
+    runs = load.make_runs(questions, "it")
+    recorder = load.FinalAnswerRecorder()
+
+    level = asyncio.run(load.run_level(graph, runs, N, OVERALL_TIMEOUT_S, recorder))
+    load.check_mapping(level.runs, recorder, DELIMITER)
+
+    assert not level.timed_out, f"the {N} runs did not finish within {OVERALL_TIMEOUT_S} s"
+    assert all(r.finished for r in level.runs)
+    assert [(r.key, r.error, r.error_message) for r in level.runs if r.error] == []
+    assert [(r.key, r.mismatch) for r in level.runs if r.mismatch] == []
+    assert all(r.answer is not None and r.steps for r in level.runs)
+    assert len(recorder.calls) == N  # one final-answer call per run, no more
+
+    # the check can fail: hand run 0 the result of run 1 and it is caught
+    swapped = [dataclasses.replace(level.runs[0], answer=level.runs[1].answer, steps=level.runs[1].steps)]
+    swapped += [dataclasses.replace(level.runs[1], key=level.runs[0].key)]
+    load.check_mapping(swapped, recorder, DELIMITER)
+    assert swapped[0].mismatch is not None or level.runs[0].steps == level.runs[1].steps
+    assert swapped[1].mismatch is not None  # run 1's tag under run 0's final-answer call
