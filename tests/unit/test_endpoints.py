@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import FakeServer, chat_response, endpoint, unused_port
 
 from glimp_graph import (
     BadResponseError,
@@ -16,6 +15,7 @@ from glimp_graph import (
     create_glimp_graph,
 )
 from glimp_graph.endpoints import ModelClient, Request
+from tests.unit.conftest import FakeServer, chat_response, endpoint, unused_port
 
 SECRET = "sk-secret-123"
 MESSAGES = [{"role": "user", "content": "What is 6 * 7?"}]

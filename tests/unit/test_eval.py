@@ -8,8 +8,6 @@ import math
 from typing import Any
 
 import pytest
-from conftest import FakeServer, is_probe, logprobs_for_entropy
-from conftest import endpoint as endpoint_of
 
 from glimp_graph.eval import (
     STRATEGIES,
@@ -23,6 +21,8 @@ from glimp_graph.eval import (
     run_eval,
     summarize,
 )
+from tests.unit.conftest import FakeServer, is_probe, logprobs_for_entropy
+from tests.unit.conftest import endpoint as endpoint_of
 
 
 def _write(tmp_path, rows: list[Any]) -> Any:

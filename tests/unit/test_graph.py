@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
-from conftest import (
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langgraph.graph import END, START, MessagesState, StateGraph
+from typing_extensions import TypedDict
+
+from glimp_graph import InputError, RunStats, Step, create_glimp_graph
+from tests.unit.conftest import (
     DELIMITER,
     FakeServer,
     ScriptedModel,
@@ -21,12 +26,7 @@ from conftest import (
     max_tokens_of,
     prefix_of,
 )
-from conftest import endpoint as endpoint_of
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
-from langgraph.graph import END, START, MessagesState, StateGraph
-from typing_extensions import TypedDict
-
-from glimp_graph import InputError, RunStats, Step, create_glimp_graph
+from tests.unit.conftest import endpoint as endpoint_of
 
 Scripted = Callable[..., ScriptedModel]
 QUESTION = "What is 17 * 3?"

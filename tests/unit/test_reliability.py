@@ -9,8 +9,6 @@ import time
 from typing import Any
 
 import pytest
-from conftest import DELIMITER, FakeServer, ScriptStep, chat_response, is_probe, unused_port
-from conftest import endpoint as endpoint_of
 from langgraph.checkpoint.memory import InMemorySaver
 
 from glimp_graph import Endpoint, create_glimp_graph
@@ -21,6 +19,8 @@ from glimp_graph.errors import (
     InputError,
     LogprobsUnavailableError,
 )
+from tests.unit.conftest import DELIMITER, FakeServer, ScriptStep, chat_response, is_probe, unused_port
+from tests.unit.conftest import endpoint as endpoint_of
 
 QUESTION = "What is 17 * 3?"
 STEPS = [

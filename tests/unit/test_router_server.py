@@ -7,12 +7,12 @@ import math
 from typing import Any
 
 import pytest
-from conftest import FakeServer, ScriptStep, endpoint
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from glimp_graph import create_glimp_graph
 from glimp_graph.router_server import create_app
+from tests.unit.conftest import FakeServer, ScriptStep, endpoint
 
 STEPS = [
     ScriptStep(0.2, "First, write 17 * 3 as 10 * 3 + 7 * 3."),

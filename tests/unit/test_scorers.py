@@ -6,12 +6,12 @@ import math
 from typing import Any
 
 import pytest
-from conftest import DELIMITER, FakeServer, chat_response, prefix_of, token_entry
-from conftest import endpoint as endpoint_of
 
 from glimp_graph import GlimpConfig, create_glimp_graph
 from glimp_graph.entropy import renormalized
 from glimp_graph.scorers import SCORERS, Random, expected_digit
+from tests.unit.conftest import DELIMITER, FakeServer, chat_response, prefix_of, token_entry
+from tests.unit.conftest import endpoint as endpoint_of
 
 QUESTION = "What is 2 + 3?"
 # per step: the small model's draft tokens, each with (chosen logprob, top list)

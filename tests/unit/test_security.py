@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeServer, ScriptStep, chat_response, endpoint, unused_port
 from langchain_core.load import dumpd, dumps
 from pydantic import SecretStr
 
 from glimp_graph import Endpoint, EndpointError, GlimpConfig, create_glimp_graph
 from glimp_graph.endpoints import ModelClient, Request
 from glimp_graph.serving import LlamaServer
+from tests.unit.conftest import FakeServer, ScriptStep, chat_response, endpoint, unused_port
 
 SECRET = "sk-secret-xyz"
 REQUEST = Request(messages=[{"role": "user", "content": "q"}], prefix="", max_tokens=4, run_name="final_answer")
