@@ -8,90 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from glimp_graph.config import Endpoint, GlimpConfig
+from glimp_graph.cli_options import LOCAL_LARGE, LOCAL_SMALL, _endpoint_options, _endpoints, _tau
+from glimp_graph.cli_serve_router import serve_router
+from glimp_graph.config import GlimpConfig
 from glimp_graph.errors import GlimpError
 from glimp_graph.graph import create_glimp_graph
-
-LOCAL_SMALL = "qwen2.5-coder-0.5b"
-LOCAL_LARGE = "qwen2.5-coder-1.5b"
-
-
-def _tau(value: str) -> float:
-    try:
-        tau = float(value)
-    except ValueError:
-        raise click.BadParameter(f"tau must be a number of nats, 'inf' or '-inf', got {value!r}") from None
-    if math.isnan(tau):
-        raise click.BadParameter("tau must not be nan")
-    return tau
 
 
 @click.group()
 @click.version_option(package_name="glimp-graph")
 def main() -> None:
     """GlimpRouter: a small model glimps one token per reasoning step; its entropy routes the step."""
-
-
-@contextlib.contextmanager
-def _endpoints(
-    small_url: str | None,
-    large_url: str | None,
-    small_model: str | None,
-    large_model: str | None,
-    api_key: str | None,
-    local_small: str,
-    local_large: str,
-    cache_dir: Path | None,
-    ctx_size: int,
-) -> Iterator[tuple[Endpoint, Endpoint]]:
-    if bool(small_url) != bool(large_url):
-        raise click.UsageError("give both --small-url and --large-url, or neither (then local models are started)")
-    if small_url and large_url:
-        key = {"api_key": api_key} if api_key else {}
-        yield (
-            Endpoint(base_url=small_url, model=small_model or "small", **key),
-            Endpoint(base_url=large_url, model=large_model or "large", **key),
-        )
-        return
-    from glimp_graph.serving import LocalModels
-
-    click.echo(f"Starting local models: small={local_small}, large={local_large} (llama.cpp server)", err=True)
-    with LocalModels(small=local_small, large=local_large, cache_dir=cache_dir, ctx_size=ctx_size) as models:
-        click.echo(f"  small: {models.small.base_url}  large: {models.large.base_url}", err=True)
-        yield (
-            Endpoint(base_url=models.small.base_url, model=models.small.alias),
-            Endpoint(base_url=models.large.base_url, model=models.large.alias),
-        )
-
-
-def _endpoint_options(fn: Any) -> Any:
-    options = [
-        click.option("--small-url", envvar="GLIMP_SMALL_URL", help="Small model's OpenAI-compatible base URL."),
-        click.option("--large-url", envvar="GLIMP_LARGE_URL", help="Large model's OpenAI-compatible base URL."),
-        click.option("--small-model", envvar="GLIMP_SMALL_MODEL", help="Small model's served name."),
-        click.option("--large-model", envvar="GLIMP_LARGE_MODEL", help="Large model's served name."),
-        click.option("--api-key", envvar="GLIMP_API_KEY", help="Bearer token for both endpoints."),
-        click.option("--local-small", default=LOCAL_SMALL, show_default=True, help="Local small model."),
-        click.option("--local-large", default=LOCAL_LARGE, show_default=True, help="Local large model."),
-        click.option(
-            "--cache-dir",
-            envvar="GLIMP_CACHE_DIR",
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Cache for weights and the llama-server binary [default: ~/.cache/glimp-graph].",
-        ),
-        click.option("--ctx-size", default=8192, show_default=True, help="Context size of local servers."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
 
 
 def _print_event(event: dict[str, Any]) -> None:
@@ -439,13 +372,7 @@ def fetch(models: tuple[str, ...], cache_dir: Path | None) -> None:
     click.echo(f"llama-server: {build_llama_server(cache_dir)}")
 
 
-def _register_optional_commands() -> None:
-    from glimp_graph.cli_serve_router import serve_router
-
-    main.add_command(serve_router)
-
-
-_register_optional_commands()
+main.add_command(serve_router)
 
 if __name__ == "__main__":
     main()

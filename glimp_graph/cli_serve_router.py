@@ -9,7 +9,7 @@ from typing import Any
 import click
 from pydantic import SecretStr
 
-from glimp_graph.cli import _endpoint_options, _endpoints, _tau
+from glimp_graph.cli_options import _endpoint_options, _endpoints, _tau
 from glimp_graph.config import GlimpConfig
 from glimp_graph.graph import create_glimp_graph
 

@@ -8,6 +8,7 @@ return for a continuation: vLLM returns only the new text, llama.cpp's server re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -133,7 +134,12 @@ class ModelClient:
         self._server: ServerKind | None = None if endpoint.server == "auto" else endpoint.server
         self.vocab_size: int | None = None
         self.context_length: int | None = None
-        self._llm = _ChatOpenAI(
+        self._llm = self._chat_model()
+        self._async: tuple[asyncio.AbstractEventLoop, _ChatOpenAI] | None = None
+
+    def _chat_model(self, **extra: Any) -> _ChatOpenAI:
+        endpoint = self.endpoint
+        return _ChatOpenAI(
             model=endpoint.model,
             base_url=endpoint.base_url,
             api_key=endpoint.api_key,
@@ -143,8 +149,21 @@ class ModelClient:
             timeout=endpoint.timeout,
             max_retries=endpoint.max_retries,
             use_responses_api=False,
-            name=f"{role}_model",
+            name=f"{self.role}_model",
+            **extra,
         )
+
+    def _async_llm(self) -> _ChatOpenAI:
+        """The chat model for async calls in the running event loop.
+
+        An async HTTP client is bound to the event loop it first ran in; ``langchain-openai`` shares one per
+        base URL across instances, so a second ``asyncio.run`` (a script, a notebook, a test) would reuse a
+        client whose loop is closed. Each event loop gets its own client here.
+        """
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            self._async = (loop, self._chat_model(http_async_client=openai.DefaultAsyncHttpxClient()))
+        return self._async[1]
 
     def __repr__(self) -> str:
         return f"ModelClient(role={self.role!r}, model={self.endpoint.model!r}, base_url={self.endpoint.base_url!r})"
@@ -175,7 +194,7 @@ class ModelClient:
         """Async :meth:`server_kind`."""
         if self._server is None:
             with self._errors():
-                self._learn_server(await self._llm.root_async_client.models.list())
+                self._learn_server(await self._async_llm().root_async_client.models.list())
         assert self._server is not None
         return self._server
 
@@ -195,7 +214,7 @@ class ModelClient:
         messages, kwargs, config = self._shape(request, server)
         start = time.perf_counter()
         with self._errors():
-            message = await self._llm.ainvoke(messages, config=config, **kwargs)
+            message = await self._async_llm().ainvoke(messages, config=config, **kwargs)
         return self._parse(request, server, message, time.perf_counter() - start)
 
     def _shape(self, request: Request, server: ServerKind) -> tuple[list[dict[str, str]], dict[str, Any], dict]:

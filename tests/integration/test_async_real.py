@@ -91,8 +91,8 @@ def test_ainvoke_astream_abatch_with_a_concurrency_limit(smol_pair):
         assert sum(c["name"] == "probe" for c in calls) == result["glimp_stats"].probes
     assert len(tracker.calls) == sum(1 for c in tracker.calls if c["qid"] is not None)
 
-    # greedy decoding: each batched result equals a sequential run of its own question
-    for question, result in zip(QUESTIONS[:3], batch[:3], strict=True):
-        alone = graph.invoke({"question": question})
-        assert [s.text for s in alone["glimp_steps"]] == [s.text for s in result["glimp_steps"]]
-        assert alone["glimp_answer"] == result["glimp_answer"]
+    # each result was built from its own trace: its final-answer request continued exactly its own steps
+    # (llama.cpp's logits depend on batch and cache state, so greedy runs are not compared across runs)
+    for qid, result in enumerate(batch):
+        final = next(c for c in tracker.calls if c["qid"] == qid and c["name"] == "final_answer")
+        assert "\n\n".join(s.text for s in result["glimp_steps"]) in final["text"]

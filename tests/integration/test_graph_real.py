@@ -47,22 +47,21 @@ def test_tau_minus_inf_sends_every_step_to_the_large_model(smol_pair, recorder):
 
 
 def test_intermediate_tau_mixes_both_models(smol_pair):
-    """Same model on both servers, greedy decoding: routing must not change the trace, only who wrote it.
+    """A tau between the entropies the small model shows on this question routes steps to both models.
 
-    So the all-small run tells every step's entropy in advance, a tau between them must route steps to both
-    models exactly by ``H_init <= tau``, and continuing from the probed token must give the very same text as
-    the large model writing the step from scratch.
+    The all-small run tells the entropies; tau is set between them, and the mixed run must use both models and
+    route every step by ``H_init <= tau``. (Texts are not compared across runs: llama.cpp's logits depend on the
+    batch and cache state, so greedy decoding is not bit-reproducible between a continuation and a fresh turn.)
     """
-    config = {**SMOL, "stop_on_repeat": False}
+    config = {**SMOL, "max_steps": 10, "stop_on_repeat": False}
     reference = create_glimp_graph(*smol_pair, config={**config, "tau": math.inf}).invoke({"question": QUESTION})
-    h = sorted({round(s.h_init, 6) for s in reference["glimp_steps"]})
-    assert len(h) >= 2, f"need two distinct entropies, got {h}"
-    tau = (h[len(h) // 2 - 1] + h[len(h) // 2]) / 2
+    h = sorted(s.h_init for s in reference["glimp_steps"])
+    assert h[-1] - h[0] > 1e-3, f"need two distinct entropies, got {h}"
+    tau = (h[len(h) // 2 - 1] + h[len(h) // 2]) / 2 if len(h) > 1 else h[0]
     out = create_glimp_graph(*smol_pair, config={**config, "tau": tau}).invoke({"question": QUESTION})
     models = [s.model for s in out["glimp_steps"]]
     assert "small" in models and "large" in models, (tau, h, models)
     assert all((s.h_init <= tau) == (s.model == "small") for s in out["glimp_steps"])
-    assert [s.text for s in out["glimp_steps"]] == [s.text for s in reference["glimp_steps"]]
 
 
 def test_stream_yields_each_step_as_it_is_written(smol_pair):

@@ -3,6 +3,7 @@ comes back (resume from the checkpoint), timeouts, retries, context overflow, re
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -183,3 +184,12 @@ def test_unreachable_large_url_is_named_before_any_completion(fake_small):
     fake_small.handler = lambda body: chat_response("x", finish_reason="length", top_logprobs=[("x", 0.0)])
     with pytest.raises(EndpointUnavailableError, match=re.escape(f"large model at {url}")):
         graph.invoke({"question": QUESTION})
+
+
+def test_async_runs_in_successive_event_loops(fake_small, fake_large, scripted):
+    """Each asyncio.run has its own loop; an async HTTP client from a closed loop must not be reused."""
+    scripted(STEPS, answer="51")
+    graph = create_glimp_graph(endpoint_of(fake_small), endpoint_of(fake_large))
+    other = create_glimp_graph(endpoint_of(fake_small), endpoint_of(fake_large))
+    answers = [asyncio.run(g.ainvoke({"question": QUESTION}))["glimp_answer"] for g in (graph, graph, other)]
+    assert answers == ["51", "51", "51"]
