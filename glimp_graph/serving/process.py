@@ -21,18 +21,18 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, ClassVar, Self
 
 from glimp_graph.serving._paths import resolve_cache_dir, tail
 from glimp_graph.serving.errors import ServingError
 
-__all__ = ["LlamaServer", "stop_all"]
+__all__ = ["LlamaServer", "ManagedServer", "stop_all"]
 
 _BIND_FAILURE_RE = re.compile(r"couldn't bind|address already in use", re.IGNORECASE)
 _MAX_PORT_TRIES = 3
 _POLL_S = 0.1
 
-_registry: set[LlamaServer] = set()
+_registry: set[ManagedServer] = set()
 _registry_lock = threading.Lock()
 
 
@@ -79,16 +79,19 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
     return preexec
 
 
-class LlamaServer:
-    """A running ``llama-server`` process serving one model on ``127.0.0.1``.
+class ManagedServer:
+    """A model server process on loopback: started, health-checked, and stopped with its parent.
 
-    Create one with :meth:`start`; stop it with :meth:`stop` or by using it as a context manager.
-
-    Example:
-        >>> with LlamaServer.start(path, alias="smollm2-135m", binary=binary) as server:  # doctest: +SKIP
-        ...     client = ChatOpenAI(base_url=server.base_url, model=server.alias, api_key="none")
-
+    The shared machinery of :class:`LlamaServer` and :class:`~glimp_graph.serving.VllmServer`: a log file,
+    a free port picked again when the server cannot bind it, readiness on ``GET /health``, a registry stopped
+    by an :mod:`atexit` hook, the parent-death signal (Linux), and SIGTERM-then-SIGKILL on :meth:`stop`.
+    Subclasses build the command line.
     """
+
+    label: ClassVar[str] = "server"
+    """Name used in messages (``"llama-server"``, ``"vLLM server"``)."""
+    poll_seconds: ClassVar[float] = _POLL_S
+    """Interval of the readiness polls."""
 
     def __init__(
         self,
@@ -101,14 +104,14 @@ class LlamaServer:
         log_path: Path,
         log_file: IO[bytes],
     ) -> None:
-        """Wrap an already started process; use :meth:`start` instead of calling this directly.
+        """Wrap an already started process; use the subclass's ``start`` instead of calling this directly.
 
         Args:
             process: The server process.
             host: Loopback address it listens on.
             port: TCP port it listens on.
             alias: Served model name.
-            model_path: The GGUF file it serves.
+            model_path: What it serves (a GGUF file or a Hugging Face folder).
             log_path: File receiving its stdout and stderr.
             log_file: Open handle of ``log_path`` (closed by :meth:`stop`).
 
@@ -120,6 +123,204 @@ class LlamaServer:
         self._model_path = model_path
         self._log_path = log_path
         self._log_file = log_file
+
+    @staticmethod
+    def _new_log(
+        log_path: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None, prefix: str
+    ) -> Path:
+        if log_path is not None:
+            log = Path(log_path)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            return log
+        logs_dir = resolve_cache_dir(cache_dir) / "logs"
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=logs_dir, prefix=prefix, suffix=".log")
+        os.close(fd)
+        return Path(name)
+
+    @classmethod
+    def _launch(
+        cls,
+        command: Callable[[int], list[str]],
+        *,
+        host: str,
+        port: int | None,
+        alias: str,
+        model_path: Path,
+        log: Path,
+        ready_timeout: float,
+        env: dict[str, str] | None = None,
+        shown_env: str = "",
+    ) -> Self:
+        """Start ``command(port)`` and wait until it is ready; with ``port=None``, retry on bind failures."""
+        tries = 1 if port is not None else _MAX_PORT_TRIES
+        last_error: ServingError | None = None
+        for _ in range(tries):
+            chosen = port if port is not None else _free_port(host)
+            cmd = command(chosen)
+            log_file = open(log, "wb")  # noqa: SIM115 - closed by stop()
+            try:
+                log_file.write(f"$ {shown_env}{' '.join(cmd)}\n".encode())
+                log_file.flush()
+                process = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    preexec_fn=_pdeathsig_preexec(),
+                    start_new_session=True,
+                )
+            except BaseException:
+                log_file.close()
+                raise
+            server = cls(
+                process, host=host, port=chosen, alias=alias, model_path=model_path, log_path=log, log_file=log_file
+            )
+            with _registry_lock:
+                _registry.add(server)
+            try:
+                server._wait_ready(ready_timeout)
+                return server
+            except ServingError as exc:
+                server.stop(timeout=5)
+                last_error = exc
+                if port is not None or not _BIND_FAILURE_RE.search(tail(log, 50)):
+                    raise
+            except BaseException:
+                server.stop(timeout=5)
+                raise
+        assert last_error is not None
+        raise last_error
+
+    def _wait_ready(self, timeout: float) -> None:
+        import urllib.error
+        import urllib.request
+
+        url = f"http://{_url_host(self._host)}:{self._port}/health"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                raise ServingError(
+                    f"{self.label} for {self._alias!r} exited with code {code} before it was ready; "
+                    f"log {self._log_path}:\n{tail(self._log_path, 30)}"
+                )
+            try:
+                with opener.open(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass  # not listening yet, or 503 while the model loads
+            if time.monotonic() >= deadline:
+                raise ServingError(
+                    f"{self.label} for {self._alias!r} was not ready after {timeout:g} s; "
+                    f"log {self._log_path}:\n{tail(self._log_path, 30)}"
+                )
+            time.sleep(self.poll_seconds)
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI-compatible base URL, e.g. ``http://127.0.0.1:PORT/v1``."""
+        return f"http://{_url_host(self._host)}:{self._port}/v1"
+
+    @property
+    def host(self) -> str:
+        """Loopback address the server listens on."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """TCP port the server listens on."""
+        return self._port
+
+    @property
+    def alias(self) -> str:
+        """Served model name."""
+        return self._alias
+
+    @property
+    def model_path(self) -> Path:
+        """What the server serves (a GGUF file or a Hugging Face folder)."""
+        return self._model_path
+
+    @property
+    def pid(self) -> int:
+        """Process id of the server."""
+        return self._process.pid
+
+    @property
+    def log_path(self) -> Path:
+        """File receiving the server's stdout and stderr."""
+        return self._log_path
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is still alive."""
+        return self._process.poll() is None
+
+    def _signal(self, sig: int) -> None:
+        """Send ``sig`` to the server (subclasses may signal its whole process group)."""
+        self._process.send_signal(sig)
+
+    def _after_stop(self) -> None:
+        """Hook run once the server process has exited."""
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop the server: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Safe to call twice.
+
+        Args:
+            timeout: Seconds to wait after SIGTERM before killing.
+
+        """
+        try:
+            if self._process.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    self._signal(signal.SIGTERM)
+                try:
+                    self._process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        self._signal(signal.SIGKILL)
+                    self._process.wait()
+            self._after_stop()
+        finally:
+            with _registry_lock:
+                _registry.discard(self)
+            self._log_file.close()
+
+    def __enter__(self) -> Self:
+        """Return the running server."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server."""
+        self.stop()
+
+    def __repr__(self) -> str:
+        """Describe the server (alias, URL, pid, state)."""
+        state = "running" if self.running else f"exited({self._process.returncode})"
+        return f"{type(self).__name__}(alias={self._alias!r}, base_url={self.base_url!r}, pid={self.pid}, {state})"
+
+
+class LlamaServer(ManagedServer):
+    """A running ``llama-server`` process serving one model on ``127.0.0.1``.
+
+    Create one with :meth:`start`; stop it with :meth:`stop` or by using it as a context manager.
+
+    Example:
+        >>> with LlamaServer.start(path, alias="smollm2-135m", binary=binary) as server:  # doctest: +SKIP
+        ...     client = ChatOpenAI(base_url=server.base_url, model=server.alias, api_key="none")
+
+    """
+
+    label = "llama-server"
 
     @classmethod
     def start(
@@ -175,21 +376,10 @@ class LlamaServer:
             raise FileNotFoundError(f"model file not found: {model}")
         if not exe.is_file():
             raise FileNotFoundError(f"llama-server binary not found: {exe}")
-        if log_path is None:
-            logs_dir = resolve_cache_dir(cache_dir) / "logs"
-            logs_dir.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=logs_dir, prefix=f"llama-server-{_safe(alias)}-", suffix=".log")
-            os.close(fd)
-            log = Path(name)
-        else:
-            log = Path(log_path)
-            log.parent.mkdir(parents=True, exist_ok=True)
+        log = cls._new_log(log_path, cache_dir, f"llama-server-{_safe(alias)}-")
 
-        tries = 1 if port is not None else _MAX_PORT_TRIES
-        last_error: ServingError | None = None
-        for _ in range(tries):
-            chosen = port if port is not None else _free_port(host)
-            cmd = [
+        def command(chosen: int) -> list[str]:
+            return [
                 str(exe),
                 "-m",
                 str(model),
@@ -208,152 +398,10 @@ class LlamaServer:
                 "--no-webui",
                 *extra_args,
             ]
-            log_file = open(log, "wb")  # noqa: SIM115 - closed by stop()
-            try:
-                log_file.write(f"$ {' '.join(cmd)}\n".encode())
-                log_file.flush()
-                process = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=_pdeathsig_preexec(),
-                    start_new_session=True,
-                )
-            except BaseException:
-                log_file.close()
-                raise
-            server = cls(
-                process,
-                host=host,
-                port=chosen,
-                alias=alias,
-                model_path=model,
-                log_path=log,
-                log_file=log_file,
-            )
-            with _registry_lock:
-                _registry.add(server)
-            try:
-                server._wait_ready(ready_timeout)
-                return server
-            except ServingError as exc:
-                server.stop(timeout=5)
-                last_error = exc
-                if port is not None or not _BIND_FAILURE_RE.search(tail(log, 50)):
-                    raise
-            except BaseException:
-                server.stop(timeout=5)
-                raise
-        assert last_error is not None
-        raise last_error
 
-    def _wait_ready(self, timeout: float) -> None:
-        import urllib.error
-        import urllib.request
-
-        url = f"http://{_url_host(self._host)}:{self._port}/health"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self._process.poll()
-            if code is not None:
-                raise ServingError(
-                    f"llama-server for {self._alias!r} exited with code {code} before it was ready; "
-                    f"log {self._log_path}:\n{tail(self._log_path, 30)}"
-                )
-            try:
-                with opener.open(url, timeout=1.0) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass  # not listening yet, or 503 while the model loads
-            if time.monotonic() >= deadline:
-                raise ServingError(
-                    f"llama-server for {self._alias!r} was not ready after {timeout:g} s; "
-                    f"log {self._log_path}:\n{tail(self._log_path, 30)}"
-                )
-            time.sleep(_POLL_S)
-
-    @property
-    def base_url(self) -> str:
-        """OpenAI-compatible base URL, e.g. ``http://127.0.0.1:PORT/v1``."""
-        return f"http://{_url_host(self._host)}:{self._port}/v1"
-
-    @property
-    def host(self) -> str:
-        """Loopback address the server listens on."""
-        return self._host
-
-    @property
-    def port(self) -> int:
-        """TCP port the server listens on."""
-        return self._port
-
-    @property
-    def alias(self) -> str:
-        """Served model name."""
-        return self._alias
-
-    @property
-    def model_path(self) -> Path:
-        """The GGUF file being served."""
-        return self._model_path
-
-    @property
-    def pid(self) -> int:
-        """Process id of the server."""
-        return self._process.pid
-
-    @property
-    def log_path(self) -> Path:
-        """File receiving the server's stdout and stderr."""
-        return self._log_path
-
-    @property
-    def running(self) -> bool:
-        """Whether the process is still alive."""
-        return self._process.poll() is None
-
-    def stop(self, timeout: float = 10) -> None:
-        """Stop the server: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Safe to call twice.
-
-        Args:
-            timeout: Seconds to wait after SIGTERM before killing.
-
-        """
-        try:
-            if self._process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self._process.terminate()
-                try:
-                    self._process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        self._process.kill()
-                    self._process.wait()
-        finally:
-            with _registry_lock:
-                _registry.discard(self)
-            self._log_file.close()
-
-    def __enter__(self) -> Self:
-        """Return the running server."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server."""
-        self.stop()
-
-    def __repr__(self) -> str:
-        """Describe the server (alias, URL, pid, state)."""
-        state = "running" if self.running else f"exited({self._process.returncode})"
-        return f"LlamaServer(alias={self._alias!r}, base_url={self.base_url!r}, pid={self.pid}, {state})"
+        return cls._launch(
+            command, host=host, port=port, alias=alias, model_path=model, log=log, ready_timeout=ready_timeout
+        )
 
 
 def _safe(text: str) -> str:

@@ -24,30 +24,18 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
 
 from glimp_graph.serving._paths import file_lock, resolve_cache_dir, tail
 from glimp_graph.serving.errors import ServingError
 from glimp_graph.serving.llama_server import _run_logged
-from glimp_graph.serving.process import (
-    _BIND_FAILURE_RE,
-    _MAX_PORT_TRIES,
-    _POLL_S,
-    _check_loopback,
-    _free_port,
-    _pdeathsig_preexec,
-    _registry,
-    _registry_lock,
-    _safe,
-    _url_host,
-)
+from glimp_graph.serving.process import ManagedServer, _check_loopback, _safe, _url_host
 from glimp_graph.serving.weights import ModelSpec, fetch_model, get_spec
 
 __all__ = [
@@ -345,7 +333,7 @@ def _stamp_matches(folder: Path, spec: ModelSpec) -> bool:
 
 
 # -- the server -------------------------------------------------------------------------------------------------
-class VllmServer:
+class VllmServer(ManagedServer):
     """A running vLLM OpenAI-compatible server (CPU build) serving one model on ``127.0.0.1``.
 
     Create one with :meth:`start`; stop it with :meth:`stop` or by using it as a context manager. Like
@@ -359,36 +347,8 @@ class VllmServer:
 
     """
 
-    def __init__(
-        self,
-        process: subprocess.Popen[bytes],
-        *,
-        host: str,
-        port: int,
-        alias: str,
-        model_path: Path,
-        log_path: Path,
-        log_file: IO[bytes],
-    ) -> None:
-        """Wrap an already started process; use :meth:`start` instead of calling this directly.
-
-        Args:
-            process: The server process.
-            host: Loopback address it listens on.
-            port: TCP port it listens on.
-            alias: Served model name.
-            model_path: The Hugging Face folder it serves.
-            log_path: File receiving its stdout and stderr.
-            log_file: Open handle of ``log_path`` (closed by :meth:`stop`).
-
-        """
-        self._process = process
-        self._host = host
-        self._port = port
-        self._alias = alias
-        self._model_path = model_path
-        self._log_path = log_path
-        self._log_file = log_file
+    label = "vLLM server"
+    poll_seconds = 0.5
 
     @staticmethod
     def command(
@@ -511,15 +471,7 @@ class VllmServer:
         exe = Path(python) if python is not None else ensure_vllm_env(cache_dir, progress=progress)
         if not exe.is_file():
             raise FileNotFoundError(f"vLLM environment interpreter not found: {exe}")
-        if log_path is None:
-            logs_dir = resolve_cache_dir(cache_dir) / "logs"
-            logs_dir.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=logs_dir, prefix=f"vllm-{_safe(alias)}-", suffix=".log")
-            os.close(fd)
-            log = Path(name)
-        else:
-            log = Path(log_path)
-            log.parent.mkdir(parents=True, exist_ok=True)
+        log = cls._new_log(log_path, cache_dir, f"vllm-{_safe(alias)}-")
         env = dict(os.environ)
         env.update(
             {
@@ -532,11 +484,8 @@ class VllmServer:
         )
         env.update(extra_env or {})
 
-        tries = 1 if port is not None else _MAX_PORT_TRIES
-        last_error: ServingError | None = None
-        for _ in range(tries):
-            chosen = port if port is not None else _free_port(host)
-            cmd = cls.command(
+        def command(chosen: int) -> list[str]:
+            return cls.command(
                 exe,
                 model,
                 alias=alias,
@@ -546,161 +495,42 @@ class VllmServer:
                 max_logprobs=max_logprobs,
                 extra_args=extra_args,
             )
-            log_file = open(log, "wb")  # noqa: SIM115 - closed by stop()
-            try:
-                shown = {k: env[k] for k in sorted(env) if k.startswith("VLLM_")}
-                log_file.write(f"$ {' '.join(f'{k}={v}' for k, v in shown.items())} {' '.join(cmd)}\n".encode())
-                log_file.flush()
-                process = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    preexec_fn=_pdeathsig_preexec(),
-                    start_new_session=True,
-                )
-            except BaseException:
-                log_file.close()
-                raise
-            server = cls(
-                process, host=host, port=chosen, alias=alias, model_path=model, log_path=log, log_file=log_file
-            )
-            with _registry_lock:
-                _registry.add(server)  # type: ignore[arg-type]  # stopped by process.stop_all at exit
-            try:
-                server._wait_ready(ready_timeout)
-                return server
-            except ServingError as exc:
-                server.stop(timeout=10)
-                last_error = exc
-                if port is not None or not _BIND_FAILURE_RE.search(tail(log, 50)):
-                    raise
-            except BaseException:
-                server.stop(timeout=10)
-                raise
-        assert last_error is not None
-        raise last_error
 
-    def _wait_ready(self, timeout: float) -> None:
-        import urllib.error
-        import urllib.request
-
-        url = f"http://{_url_host(self._host)}:{self._port}/health"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self._process.poll()
-            if code is not None:
-                raise ServingError(
-                    f"vLLM server for {self._alias!r} exited with code {code} before it was ready; "
-                    f"log {self._log_path}:\n{tail(self._log_path, 30)}"
-                )
-            try:
-                with opener.open(url, timeout=1.0) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass  # not listening yet
-            if time.monotonic() >= deadline:
-                raise ServingError(
-                    f"vLLM server for {self._alias!r} was not ready after {timeout:g} s; "
-                    f"log {self._log_path}:\n{tail(self._log_path, 30)}"
-                )
-            time.sleep(max(_POLL_S, 0.5))
-
-    @property
-    def base_url(self) -> str:
-        """OpenAI-compatible base URL, e.g. ``http://127.0.0.1:PORT/v1``."""
-        return f"http://{_url_host(self._host)}:{self._port}/v1"
+        shown = {k: env[k] for k in sorted(env) if k.startswith("VLLM_")}
+        return cls._launch(
+            command,
+            host=host,
+            port=port,
+            alias=alias,
+            model_path=model,
+            log=log,
+            ready_timeout=ready_timeout,
+            env=env,
+            shown_env="".join(f"{k}={v} " for k, v in shown.items()),
+        )
 
     @property
     def metrics_url(self) -> str:
         """Prometheus metrics URL (``/metrics``), e.g. for the prefix-cache hit counters."""
         return f"http://{_url_host(self._host)}:{self._port}/metrics"
 
-    @property
-    def host(self) -> str:
-        """Loopback address the server listens on."""
-        return self._host
+    def _signal(self, sig: int) -> None:
+        """Signal the whole process group: vLLM starts an engine-core child that must stop too."""
+        os.killpg(self._process.pid, sig)
 
-    @property
-    def port(self) -> int:
-        """TCP port the server listens on."""
-        return self._port
-
-    @property
-    def alias(self) -> str:
-        """Served model name."""
-        return self._alias
-
-    @property
-    def model_path(self) -> Path:
-        """The Hugging Face folder being served."""
-        return self._model_path
-
-    @property
-    def pid(self) -> int:
-        """Process id of the server."""
-        return self._process.pid
-
-    @property
-    def log_path(self) -> Path:
-        """File receiving the server's stdout and stderr."""
-        return self._log_path
-
-    @property
-    def running(self) -> bool:
-        """Whether the process is still alive."""
-        return self._process.poll() is None
+    def _after_stop(self) -> None:
+        """The engine core may outlive the API server by a moment: make sure the group is gone."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, signal.SIGKILL)
 
     def stop(self, timeout: float = 20) -> None:
-        """Stop the server: SIGTERM to its process group, wait up to ``timeout`` s, then SIGKILL. Safe twice.
-
-        vLLM starts an engine-core child process; signalling the whole process group (the server was started
-        in a new session) stops it too.
+        """Stop the server and its engine core: SIGTERM to the process group, then SIGKILL. Safe twice.
 
         Args:
             timeout: Seconds to wait after SIGTERM before killing.
 
         """
-        import signal
-
-        try:
-            if self._process.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self._process.pid, signal.SIGTERM)
-                try:
-                    self._process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(self._process.pid, signal.SIGKILL)
-                    self._process.wait()
-            # the engine core may outlive the API server by a moment: make sure the group is gone
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._process.pid, signal.SIGKILL)
-        finally:
-            with _registry_lock:
-                _registry.discard(self)  # type: ignore[arg-type]
-            self._log_file.close()
-
-    def __enter__(self) -> Self:
-        """Return the running server."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server."""
-        self.stop()
-
-    def __repr__(self) -> str:
-        """Describe the server (alias, URL, pid, state)."""
-        state = "running" if self.running else f"exited({self._process.returncode})"
-        return f"VllmServer(alias={self._alias!r}, base_url={self.base_url!r}, pid={self.pid}, {state})"
+        super().stop(timeout)
 
 
 def _cpu_list() -> str:
