@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -113,6 +114,53 @@ async def _measure(args: argparse.Namespace, cache: str | None, calibration_file
         await run_eval(small, large, problems, jobs, args.results, base_config=BASE, before_each=flush_prompt_caches)
 
 
+def _targets(rows: list[dict], records: list[dict]) -> list[str]:
+    """The issue's targets, checked against the measured rows."""
+    by = {r["strategy"]: r for r in rows}
+    if "glimp" not in by or "large-only" not in by:
+        return []
+    g, big = by["glimp"], by["large-only"]
+    ok = lambda flag: "met" if flag else "MISSED"  # noqa: E731
+    within = g["accuracy"] >= big["accuracy"] - big["accuracy_se"]
+    out = [
+        "## Targets",
+        "",
+        f"- `glimp` latency <= 0.75 x `large-only`: {ok(g['latency_ratio'] <= 0.75)} "
+        f"({g['latency_ratio']:.2f} x); accuracy within one SE of `large-only`: {ok(within)} "
+        f"({g['accuracy']:.1%} vs {big['accuracy']:.1%} ± {big['accuracy_se']:.1%}).",
+    ]
+    for name in ("specreason", "step-entropy", "step-perplexity", "random"):
+        if name in by:
+            b = by[name]
+            faster = g["latency_mean_s"] < b["latency_mean_s"]
+            as_good = g["accuracy"] >= b["accuracy"]
+            out.append(
+                f"- `glimp` vs `{name}`: latency {g['latency_mean_s']:.1f} s vs {b['latency_mean_s']:.1f} s "
+                f"({ok(faster)}), accuracy {g['accuracy']:.1%} vs {b['accuracy']:.1%} ({ok(as_good)})."
+            )
+    # the speed gap the routing can exploit: seconds per generated token of each model's steps
+    per_token: dict[str, list[float]] = {"small": [], "large": []}
+    for r in records:
+        if r.get("strategy") in ("small-only", "large-only"):
+            for step in r.get("step_records", []):
+                if step["tokens"] > 4 and step["seconds"] > 0:
+                    per_token[step["model"]].append(step["seconds"] / step["tokens"])
+    if per_token["small"] and per_token["large"]:
+        small_ms = 1000 * statistics.median(per_token["small"])
+        large_ms = 1000 * statistics.median(per_token["large"])
+        out += [
+            "",
+            f"Why: on this CPU the large model costs {large_ms:.0f} ms per generated token and the small one "
+            f"{small_ms:.0f} ms (median over the standalone runs' steps), a {large_ms / small_ms:.1f}x gap, where the "
+            "paper's pair (32B vs 4B on GPUs) has a far larger one. Each switch of writer also makes the other "
+            "server read the step it did not write (a prefill), and every step pays a probe (the glimpse time "
+            "share above). With so small a gap these costs eat the savings; the ratio to `large-only` is the "
+            "number to watch when the pair is served where the large model is much slower than the small one.",
+        ]
+    out += ["", "Framework overhead: see [OVERHEAD.md](OVERHEAD.md).", ""]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100, help="GSM8K dev problems to evaluate (rows 0..n-1)")
@@ -160,6 +208,7 @@ def main() -> None:
         "![signals](signals.png)",
         "",
     ]
+    lines += _targets(rows, records)
     (HERE / "REPORT.md").write_text("\n".join(lines))
     print("\n".join(lines))
     print(f"done in {time.time() - started:.0f} s", file=sys.stderr)
