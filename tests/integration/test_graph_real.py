@@ -49,19 +49,24 @@ def test_tau_minus_inf_sends_every_step_to_the_large_model(smol_pair, recorder):
 def test_intermediate_tau_mixes_both_models(smol_pair):
     """A tau between the entropies the small model shows on this question routes steps to both models.
 
-    The all-small run tells the entropies; tau is set between them, and the mixed run must use both models and
-    route every step by ``H_init <= tau``. (Texts are not compared across runs: llama.cpp's logits depend on the
-    batch and cache state, so greedy decoding is not bit-reproducible between a continuation and a fresh turn.)
+    Each run must route every step by ``H_init <= tau``; tau is the median of the entropies seen in the run
+    before (the first run: tau=inf), and within three runs one must use both models. (Runs are not expected to
+    repeat each other: llama.cpp's logits depend on the batch and cache state, so greedy decoding is not
+    bit-reproducible between a continuation and a fresh turn, and a trace can change with the routing.)
     """
     config = {**SMOL, "max_steps": 10, "stop_on_repeat": False}
-    reference = create_glimp_graph(*smol_pair, config={**config, "tau": math.inf}).invoke({"question": QUESTION})
-    h = sorted(s.h_init for s in reference["glimp_steps"])
-    assert h[-1] - h[0] > 1e-3, f"need two distinct entropies, got {h}"
-    tau = (h[len(h) // 2 - 1] + h[len(h) // 2]) / 2 if len(h) > 1 else h[0]
-    out = create_glimp_graph(*smol_pair, config={**config, "tau": tau}).invoke({"question": QUESTION})
-    models = [s.model for s in out["glimp_steps"]]
-    assert "small" in models and "large" in models, (tau, h, models)
-    assert all((s.h_init <= tau) == (s.model == "small") for s in out["glimp_steps"])
+    tau, seen = math.inf, []
+    for _ in range(4):
+        out = create_glimp_graph(*smol_pair, config={**config, "tau": tau}).invoke({"question": QUESTION})
+        steps = out["glimp_steps"]
+        assert all((s.h_init <= tau) == (s.model == "small") for s in steps), (tau, steps)
+        models = {s.model for s in steps}
+        seen.append((tau, sorted(round(s.h_init, 3) for s in steps), models))
+        if tau != math.inf and models == {"small", "large"}:
+            return
+        h = sorted(s.h_init for s in steps)
+        tau = (h[(len(h) - 1) // 2] + h[len(h) // 2]) / 2 if h[0] < h[-1] else h[0] - 1e-3
+    pytest.fail(f"no run used both models: {seen}")
 
 
 def test_stream_yields_each_step_as_it_is_written(smol_pair):
