@@ -51,15 +51,6 @@ def _print_event(event: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the step log.")
 def ask(
     question: str,
-    small_url: str | None,
-    large_url: str | None,
-    small_model: str | None,
-    large_model: str | None,
-    api_key: str | None,
-    local_small: str,
-    local_large: str,
-    cache_dir: Path | None,
-    ctx_size: int,
     tau: str,
     top_k: int,
     estimator: str,
@@ -69,6 +60,7 @@ def ask(
     max_steps: int,
     final_max_tokens: int,
     as_json: bool,
+    **endpoint_args: Any,
 ) -> None:
     """Answer QUESTION with GlimpRouter, showing which model wrote each step.
 
@@ -89,9 +81,7 @@ def ask(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        with _endpoints(
-            small_url, large_url, small_model, large_model, api_key, local_small, local_large, cache_dir, ctx_size
-        ) as (small, large):
+        with _endpoints(**endpoint_args) as (small, large):
             graph = create_glimp_graph(small, large, config=config)
             result: dict[str, Any] = {}
             for mode, chunk in graph.stream({"question": question}, stream_mode=["custom", "values"]):

@@ -214,30 +214,31 @@ def draft_signals(done: Completion, estimate: Callable[[list[float]], float]) ->
     return signals
 
 
-class StepEntropy(Scorer):
+class _DraftSignal(Scorer):
+    """The small model drafts the step with log-probabilities; one of :func:`draft_signals` is the score."""
+
+    kind = "step"
+    signal: ClassVar[str]
+
+    def glimpse(self, ctx: StepContext) -> Glimpse:
+        """Draft the step with log-probabilities and score it by the class's signal."""
+        done = yield from _draft(ctx, logprobs=True)
+        signals = draft_signals(done, ctx.estimate)
+        return _draft_probe(ctx, self, done, signals[self.signal], signals=signals)
+
+
+class StepEntropy(_DraftSignal):
     """The small model drafts the step; the score is the mean entropy of its tokens' distributions."""
 
     name = "step-entropy"
-    kind = "step"
-
-    def glimpse(self, ctx: StepContext) -> Glimpse:
-        """Draft the step with log-probabilities and average the per-token entropies."""
-        done = yield from _draft(ctx, logprobs=True)
-        signals = draft_signals(done, ctx.estimate)
-        return _draft_probe(ctx, self, done, signals["step_entropy"], signals=signals)
+    signal = "step_entropy"
 
 
-class StepPerplexity(Scorer):
+class StepPerplexity(_DraftSignal):
     """The small model drafts the step; the score is its perplexity ``exp(-mean log p)``."""
 
     name = "step-perplexity"
-    kind = "step"
-
-    def glimpse(self, ctx: StepContext) -> Glimpse:
-        """Draft the step with log-probabilities and compute its perplexity."""
-        done = yield from _draft(ctx, logprobs=True)
-        signals = draft_signals(done, ctx.estimate)
-        return _draft_probe(ctx, self, done, signals["step_perplexity"], signals=signals)
+    signal = "step_perplexity"
 
 
 JUDGE_PROMPT = (
