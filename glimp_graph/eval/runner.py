@@ -71,7 +71,20 @@ def _record(job: Job, problem: Problem, out: dict[str, Any] | None, seconds: flo
         "correct": correct,
         **stats.model_dump(),
         "step_records": [
-            s.model_dump(include={"model", "h_init", "score", "tokens", "seconds", "probe_seconds", "signals", "end"})
+            s.model_dump(
+                include={
+                    "model",
+                    "text",
+                    "probe_token",
+                    "h_init",
+                    "score",
+                    "tokens",
+                    "seconds",
+                    "probe_seconds",
+                    "signals",
+                    "end",
+                }
+            )
             for s in out["glimp_steps"]
         ],
     }
