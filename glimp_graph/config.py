@@ -35,7 +35,7 @@ class Endpoint(BaseModel):
 
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     base_url: str
     model: str
@@ -84,7 +84,7 @@ class GlimpConfig(BaseModel):
 
     """
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     tau: float = 1.0
     top_k: int = 20

@@ -35,7 +35,7 @@ class PromptTemplate(BaseModel):
 
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     system: str | None = None

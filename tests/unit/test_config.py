@@ -119,3 +119,16 @@ def test_factory_validates_mappings_early() -> None:
 def test_factory_does_not_leak_the_api_key() -> None:
     graph = create_glimp_graph({**GOOD_ENDPOINT, "api_key": "sk-secret-123"}, GOOD_ENDPOINT)
     assert "sk-secret-123" not in repr(graph)
+
+
+def test_unknown_settings_are_rejected_by_name() -> None:
+    # a misspelt or misplaced setting must not be silently ignored (temperature belongs to the Endpoint)
+    with pytest.raises(ValidationError) as info:
+        GlimpConfig(temperature=0.0)
+    assert "temperature" in str(info.value)
+    with pytest.raises(ValidationError) as info:
+        Endpoint(**GOOD_ENDPOINT, tau=1.0)
+    assert "tau" in str(info.value)
+    with pytest.raises(ValidationError) as info:
+        create_glimp_graph(GOOD_ENDPOINT, GOOD_ENDPOINT, config={"taau": 1.0})
+    assert "taau" in str(info.value)
