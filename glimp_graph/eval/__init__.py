@@ -1,6 +1,7 @@
 """Evaluation: problem sets, grading, strategies, the runner, calibration and figures."""
 
 from glimp_graph.eval.calibrate import Calibration, calibrate, quantile
+from glimp_graph.eval.compare import Paired, paired, routing_profile, sign_test
 from glimp_graph.eval.data import Problem, grade, load_problems
 from glimp_graph.eval.grading import extract_answer, grade_integer
 from glimp_graph.eval.runner import Job, load_records, markdown_table, run_eval, summarize
@@ -10,6 +11,7 @@ __all__ = [
     "STRATEGIES",
     "Calibration",
     "Job",
+    "Paired",
     "Problem",
     "Strategy",
     "calibrate",
@@ -19,7 +21,10 @@ __all__ = [
     "load_problems",
     "load_records",
     "markdown_table",
+    "paired",
     "quantile",
+    "routing_profile",
     "run_eval",
+    "sign_test",
     "summarize",
 ]

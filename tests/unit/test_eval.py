@@ -17,8 +17,11 @@ from glimp_graph.eval import (
     load_problems,
     load_records,
     markdown_table,
+    paired,
     quantile,
+    routing_profile,
     run_eval,
+    sign_test,
     summarize,
 )
 from tests.unit.conftest import FakeServer, is_probe, logprobs_for_entropy
@@ -143,3 +146,58 @@ def test_run_eval_rejects_bad_arguments(tmp_path, fake_small, fake_large):
         asyncio.run(run_eval(small, large, [], [Job("vibes")], tmp_path / "o.jsonl"))
     with pytest.raises(ValueError, match="concurrency must be >= 1, got 0"):
         asyncio.run(run_eval(small, large, [], [Job("glimp")], tmp_path / "o.jsonl", concurrency=0))
+
+
+def _rec(job: str, pid: str, correct: bool, models: tuple[str, ...] = ("small",), error: str | None = None) -> dict:
+    return {
+        "job": job,
+        "id": pid,
+        "correct": correct,
+        "error": error,
+        "step_records": [{"model": m} for m in models],
+    }
+
+
+def test_sign_test_matches_the_binomial():
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(5, 10) == 1.0
+    assert sign_test(0, 5) == pytest.approx(2 / 32)  # both tails of 5 coin flips all alike
+    assert sign_test(1, 10) == pytest.approx(2 * 11 / 1024)
+    assert sign_test(9, 10) == sign_test(1, 10)
+    with pytest.raises(ValueError, match="k=4, n=3"):
+        sign_test(4, 3)
+
+
+def test_paired_counts_disagreements_on_common_problems_only():
+    records = [
+        _rec("a", "p1", True), _rec("b", "p1", True),    # both
+        _rec("a", "p2", True), _rec("b", "p2", False),   # only a
+        _rec("a", "p3", False), _rec("b", "p3", True),   # only b
+        _rec("a", "p4", True), _rec("b", "p4", False),   # only a
+        _rec("a", "p5", True),                           # b never ran it: left out
+        _rec("a", "p6", True), _rec("b", "p6", True, error="boom"),  # b failed: left out
+    ]  # fmt: skip
+    p = paired(records, "a", "b")
+    assert (p.n, p.both, p.only_a, p.only_b) == (4, 1, 2, 1)
+    assert p.diff == pytest.approx(0.25)
+    assert p.diff_se == pytest.approx(math.sqrt(((0.75**2) * 2 + 0.25**2 + 1.25**2) / 3) / 2)
+    assert p.p_value == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="'a' and 'zz'"):
+        paired(records, "a", "zz")
+
+
+def test_routing_profile_by_position():
+    records = [
+        _rec("g", "p1", True, ("large", "small", "small", "large")),
+        _rec("g", "p2", False, ("small", "small", "small")),
+        _rec("other", "p1", True, ("large",)),
+    ]
+    prof = routing_profile(records, "g")
+    assert prof["runs"] == 2
+    assert prof["first"] == 0.5
+    assert prof["last"] == 0.5
+    assert prof["middle"] == 0.0
+    assert prof["switches"] == 1.0  # (2 + 0) / 2
+    assert prof["accuracy_first_large"] == 1.0
+    assert prof["accuracy_first_small"] == 0.0
+    assert routing_profile(records, "nobody")["first"] is None
