@@ -32,7 +32,8 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
-def _cache_dir() -> Path | None:
+def cache_dir() -> Path | None:
+    """The cache root the tests use: ``$GLIMP_CACHE_DIR`` or the default."""
     value = os.environ.get("GLIMP_CACHE_DIR")
     return Path(value) if value else None
 
@@ -40,7 +41,7 @@ def _cache_dir() -> Path | None:
 @pytest.fixture(scope="session")
 def smol_pair() -> Iterator[tuple[Endpoint, Endpoint]]:
     """SmolLM2-135M as both small and large model, two separate servers (model quality does not matter)."""
-    with LocalModels(small="smollm2-135m", large="smollm2-135m", cache_dir=_cache_dir(), ctx_size=4096) as models:
+    with LocalModels(small="smollm2-135m", large="smollm2-135m", cache_dir=cache_dir(), ctx_size=4096) as models:
         yield (
             Endpoint(base_url=models.small.base_url, model=models.small.alias, temperature=0.0, seed=7),
             Endpoint(base_url=models.large.base_url, model=models.large.alias, temperature=0.0, seed=7),
@@ -50,7 +51,7 @@ def smol_pair() -> Iterator[tuple[Endpoint, Endpoint]]:
 @pytest.fixture(scope="session")
 def qwen_pair() -> Iterator[tuple[Endpoint, Endpoint]]:
     """The local default pair: Qwen2.5-Coder 0.5B small, 1.5B large (where model quality matters)."""
-    with LocalModels(cache_dir=_cache_dir(), ctx_size=4096) as models:
+    with LocalModels(cache_dir=cache_dir(), ctx_size=4096) as models:
         yield (
             Endpoint(base_url=models.small.base_url, model=models.small.alias, seed=7),
             Endpoint(base_url=models.large.base_url, model=models.large.alias, seed=7),

@@ -10,11 +10,14 @@ import asyncio
 import dataclasses
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from glimp_graph import create_glimp_graph
+from glimp_graph import Endpoint, create_glimp_graph
+from glimp_graph.serving import LocalModels
+from tests.integration.conftest import cache_dir
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +38,23 @@ def _load_module():
 
 
 @pytest.fixture(scope="module")
+def one_thread_pair() -> Iterator[tuple[Endpoint, Endpoint]]:
+    """SmolLM2 servers of their own, one thread each: under load both servers work at once, and two 2-thread
+    servers on a 2-core machine spin against each other (minutes instead of seconds)."""
+    with LocalModels(small="smollm2-135m", large="smollm2-135m", cache_dir=cache_dir(), threads=1) as models:
+        yield (
+            Endpoint(base_url=models.small.base_url, model=models.small.alias, temperature=0.0, seed=7),
+            Endpoint(base_url=models.large.base_url, model=models.large.alias, temperature=0.0, seed=7),
+        )
+
+
+@pytest.fixture(scope="module")
 def load():
     return _load_module()
 
 
-def test_eight_concurrent_runs_each_answer_their_own_question(smol_pair, data_dir, load):
-    graph = create_glimp_graph(*smol_pair, config=TINY)
+def test_eight_concurrent_runs_each_answer_their_own_question(one_thread_pair, data_dir, load):
+    graph = create_glimp_graph(*one_thread_pair, config=TINY)
     questions = load.load_questions(data_dir / "gsm8k_dev.jsonl", N, start=100)
     assert len(set(questions)) == N
     runs = load.make_runs(questions, "it")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -28,6 +27,7 @@ from glimp_graph.entropy import exact, lower_bound, renormalized, upper_bound
 from glimp_graph.eval import extract_answer, grade_integer
 from glimp_graph.serving import LlamaServer, build_llama_server, fetch_model, find_llama_server
 from glimp_graph.serving.vllm import VllmServer, dequantize_gguf, ensure_vllm_env
+from tests.integration.conftest import cache_dir
 
 pytestmark = [
     pytest.mark.integration,
@@ -42,14 +42,9 @@ QUESTION = "Tom has 3 boxes with 4 pencils in each box. He gives away 5 pencils.
 QUICK = {"max_step_tokens": 48, "max_thinking_tokens": 160, "max_steps": 4, "final_max_tokens": 32}
 
 
-def _cache_dir() -> Path | None:
-    value = os.environ.get("GLIMP_CACHE_DIR")
-    return Path(value) if value else None
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[VllmServer, LlamaServer]]:
-    cache = _cache_dir()
+    cache = cache_dir()
     timings: dict[str, float] = {}
     start = time.perf_counter()
     python = ensure_vllm_env(cache)
