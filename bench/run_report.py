@@ -35,9 +35,13 @@ from glimp_graph.eval import (
     load_problems,
     load_records,
     markdown_table,
+    paired,
+    quantile,
+    routing_profile,
     run_eval,
     summarize,
 )
+from glimp_graph.eval.calibrate import collect_scores
 from glimp_graph.eval.plots import plot_signals, plot_tradeoff
 from glimp_graph.serving import LocalModels
 
@@ -67,39 +71,57 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
+async def _calibrate_taus(small: Endpoint, large: Endpoint, args: argparse.Namespace) -> dict[str, float]:
+    cal_problems = load_problems(DATA, start=args.calibration_start, limit=args.calibration_n)
+    taus = {}
+    for name in CALIBRATED:
+        result = await calibrate(
+            small,
+            large,
+            cal_problems,
+            scorer=STRATEGIES[name].scorer,
+            target_large_share=args.target_large_share,
+            base_config=BASE,
+        )
+        taus[name] = round(result.tau, 4)
+        print(f"calibrated {name}: tau={result.tau:.4f} ({len(result.scores)} steps)", flush=True)
+    return taus
+
+
+async def _sweep_taus(small: Endpoint, large: Endpoint, args: argparse.Namespace) -> dict[str, float]:
+    """glimp's tau for each extra large-step share, from one collection of H_init on the calibration problems."""
+    cal_problems = load_problems(DATA, start=args.calibration_start, limit=args.calibration_n)
+    scores = await collect_scores(small, large, cal_problems, scorer="glimp", base_config=BASE)
+    return {f"{share:g}": round(quantile(scores, 1.0 - share), 4) for share in args.sweep_shares}
+
+
+def sweep_jobs(calibration: dict, args: argparse.Namespace) -> list[Job]:
+    """The threshold sweep's jobs: glimp at each extra share, random at its extra shares."""
+    sweep = calibration.get("sweep", {})
+    jobs = [Job("glimp", sweep[f"{share:g}"]) for share in args.sweep_shares if f"{share:g}" in sweep]
+    return jobs + [Job("random", round(1.0 - share, 4)) for share in args.random_shares]
+
+
 async def _measure(args: argparse.Namespace, cache: str | None, calibration_file: Path) -> None:
     with LocalModels(cache_dir=cache, ctx_size=4096) as models:
         small = Endpoint(base_url=models.small.base_url, model=models.small.alias, seed=0)
         large = Endpoint(base_url=models.large.base_url, model=models.large.alias, seed=0)
-        if calibration_file.exists():
-            taus = json.loads(calibration_file.read_text())["taus"]
-        else:
-            cal_problems = load_problems(DATA, start=args.calibration_start, limit=args.calibration_n)
-            taus = {}
-            for name in CALIBRATED:
-                result = await calibrate(
-                    small,
-                    large,
-                    cal_problems,
-                    scorer=STRATEGIES[name].scorer,
-                    target_large_share=args.target_large_share,
-                    base_config=BASE,
-                )
-                taus[name] = round(result.tau, 4)
-                print(f"calibrated {name}: tau={result.tau:.4f} ({len(result.scores)} steps)", flush=True)
+        calibration = json.loads(calibration_file.read_text()) if calibration_file.exists() else {}
+        if "taus" not in calibration:
             last = args.calibration_start + args.calibration_n - 1
-            calibration_file.write_text(
-                json.dumps(
-                    {
-                        "target_large_share": args.target_large_share,
-                        "problems": f"gsm8k_dev rows {args.calibration_start}..{last}",
-                        "taus": taus,
-                    },
-                    indent=2,
-                )
-                + "\n"
-            )
-        jobs = [Job(name, taus.get(name)) for name in STRATEGIES]
+            calibration = {
+                "target_large_share": args.target_large_share,
+                "problems": f"gsm8k_dev rows {args.calibration_start}..{last}",
+                "taus": await _calibrate_taus(small, large, args),
+            }
+            calibration_file.write_text(json.dumps(calibration, indent=2) + "\n")
+        missing = [s for s in args.sweep_shares if f"{s:g}" not in calibration.get("sweep", {})]
+        if missing:
+            calibration["sweep"] = {**calibration.get("sweep", {}), **await _sweep_taus(small, large, args)}
+            print(f"sweep taus: {calibration['sweep']}", flush=True)
+            calibration_file.write_text(json.dumps(calibration, indent=2) + "\n")
+        taus = calibration["taus"]
+        main_jobs = [Job(name, taus.get(name)) for name in STRATEGIES]
         problems = load_problems(DATA, limit=args.n)
 
         async def flush_prompt_caches() -> None:
@@ -111,7 +133,12 @@ async def _measure(args: argparse.Namespace, cache: str | None, calibration_file
                         json={"messages": [{"role": "user", "content": "ok"}], "max_tokens": 1},
                     )
 
-        await run_eval(small, large, problems, jobs, args.results, base_config=BASE, before_each=flush_prompt_caches)
+        # the main comparison first (every strategy, problem by problem), then the sweep's extra thresholds
+        for jobs in (main_jobs, sweep_jobs(calibration, args)):
+            if jobs:
+                await run_eval(
+                    small, large, problems, jobs, args.results, base_config=BASE, before_each=flush_prompt_caches
+                )
 
 
 def _targets(rows: list[dict], records: list[dict]) -> list[str]:
@@ -161,15 +188,70 @@ def _targets(rows: list[dict], records: list[dict]) -> list[str]:
     return out
 
 
+def _paired_section(records: list[dict], glimp: str, others: list[str]) -> list[str]:
+    out = [
+        "## Paired comparison (same problems)",
+        "",
+        f"`{glimp}` against each job: problems both got right, only one got right, the accuracy difference with "
+        "its paired standard error, and the exact sign test (McNemar) on the problems where they disagree.",
+        "",
+        "| vs | n | both right | only glimp | only the other | difference (± SE) | p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for other in others:
+        p = paired(records, glimp, other)
+        out.append(
+            f"| {other} | {p.n} | {p.both} | {p.only_a} | {p.only_b} | {p.diff:+.1%} ± {p.diff_se:.1%} "
+            f"| {p.p_value:.2f} |"
+        )
+    return [*out, ""]
+
+
+def _routing_section(records: list[dict], jobs: list[str]) -> list[str]:
+    out = [
+        "## Where the routed jobs send their steps",
+        "",
+        "Large-step share of the first step, the steps between and the last step (the one that usually writes "
+        "the boxed answer); mean changes of writer per run; accuracy of the runs whose first step the large or the "
+        "small model wrote.",
+        "",
+        "| job | runs | first | middle | last | switches | accuracy, first step large | accuracy, first step small |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    pct = lambda v: "n/a" if v is None else f"{v:.0%}"  # noqa: E731
+    for job in jobs:
+        prof = routing_profile(records, job)
+        if prof["runs"]:
+            out.append(
+                f"| {job} | {prof['runs']} | {pct(prof['first'])} | {pct(prof['middle'])} | {pct(prof['last'])} "
+                f"| {prof['switches']:.1f} | {pct(prof['accuracy_first_large'])} "
+                f"| {pct(prof['accuracy_first_small'])} |"
+            )
+    return [*out, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100, help="GSM8K dev problems to evaluate (rows 0..n-1)")
     parser.add_argument("--calibration-start", type=int, default=900)
     parser.add_argument("--calibration-n", type=int, default=6)
     parser.add_argument("--target-large-share", type=float, default=0.25)
+    parser.add_argument(
+        "--sweep-shares",
+        type=float,
+        nargs="*",
+        default=[0.1, 0.5],
+        help="extra large-step shares for glimp (thresholds calibrated like the main one), run after the main jobs",
+    )
+    parser.add_argument(
+        "--random-shares", type=float, nargs="*", default=[0.5], help="extra large-step shares for random"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS / "gsm8k_qwen.jsonl")
     parser.add_argument("--report-only", action="store_true", help="only render the report from the results")
     args = parser.parse_args()
+    for share in [args.target_large_share, *args.sweep_shares, *args.random_shares]:
+        if not 0.0 < share < 1.0:
+            parser.error(f"large-step shares must be in (0, 1), got {share}")
     cache = os.environ.get("GLIMP_CACHE_DIR")
     RESULTS.mkdir(parents=True, exist_ok=True)
     calibration_file = RESULTS / "calibration.json"
@@ -180,10 +262,22 @@ def main() -> None:
         asyncio.run(_measure(args, cache, calibration_file))
 
     records = load_records(args.results)
-    rows = summarize(records)
     calibration = json.loads(calibration_file.read_text()) if calibration_file.exists() else {}
-    plot_tradeoff(rows, HERE / "tradeoff.png")
+    taus = calibration.get("taus", {})
+    main_labels = [Job(name, taus.get(name)).label for name in STRATEGIES]
+    sweep_labels = [job.label for job in sweep_jobs(calibration, args)]
+    rows = summarize([r for r in records if r["job"] in main_labels])
+    done = {r["job"] for r in records if not r.get("error")}
+    sweep_ready = sweep_labels and all(label in done for label in sweep_labels)
+    sweep_rows = summarize([r for r in records if r["job"] in main_labels + sweep_labels]) if sweep_ready else []
+    plot_tradeoff(sweep_rows or rows, HERE / "tradeoff.png")
     plot_signals(records, HERE / "signals.png")
+    sweep_note = (
+        f" glimp's extra thresholds, for large-step shares {args.sweep_shares}, were calibrated the same way: "
+        f"`{calibration.get('sweep', {})}`; random ran at shares {args.random_shares} too."
+        if sweep_labels
+        else ""
+    )
     lines = [
         "# Benchmark report: GlimpRouter and baselines on GSM8K (local real models)",
         "",
@@ -195,19 +289,32 @@ def main() -> None:
         f"- Versions: glimp-graph {version('glimp-graph')} (commit {_git_commit()}), langgraph {version('langgraph')}, "
         f"langchain-openai {version('langchain-openai')}.",
         f"- Problems: GSM8K dev rows 0..{args.n - 1}; every strategy on the same problems, one run at a time, "
-        "problem by problem. Budgets: " + ", ".join(f"{k}={v}" for k, v in BASE.items()) + "; `steps` prompt.",
+        "problem by problem. Budgets: " + ", ".join(f"{k}={v}" for k, v in BASE.items()) + "; `steps` prompt; "
+        "steps sampled at temperature 0.6, top_p 0.95, seed 0 (the authors' settings); probes at temperature 0.",
         f"- Thresholds calibrated for a {calibration.get('target_large_share', '?')} large-step share on "
-        f"{calibration.get('problems', '?')}: `{calibration.get('taus', {})}`.",
+        f"{calibration.get('problems', '?')}: `{taus}`.{sweep_note}",
         "",
         markdown_table(rows),
         "Latency is wall time per problem; the ratio is to `large-only` on the same problems. Accuracy's ± is one "
         "standard error. 'glimpse time share' is the time spent scoring steps (probes, drafts, judgements).",
         "",
-        "![accuracy vs latency](tradeoff.png)",
-        "",
-        "![signals](signals.png)",
-        "",
     ]
+    if sweep_rows:
+        lines += [
+            "## Threshold sweep",
+            "",
+            "Every job on the problems all of them finished, the extra thresholds included.",
+            "",
+            markdown_table(sweep_rows),
+        ]
+    lines += ["![accuracy vs latency](tradeoff.png)", "", "![signals](signals.png)", ""]
+    glimp = Job("glimp", taus.get("glimp")).label
+    if glimp in done:
+        lines += _paired_section(records, glimp, [label for label in main_labels if label != glimp and label in done])
+        routed = [
+            label for label in main_labels + sweep_labels if label.startswith(("glimp", "random")) and label in done
+        ]
+        lines += _routing_section(records, routed)
     lines += _targets(rows, records)
     (HERE / "REPORT.md").write_text("\n".join(lines))
     print("\n".join(lines))
