@@ -4,7 +4,9 @@ The routing contract is one score and one threshold: the step goes to the small 
 (see the ``route`` node). A scorer decides how the score is obtained:
 
 * :class:`TokenEntropy` (``"glimp"``, the method): the small model decodes ONE token; the score is that
-  token's entropy H_init. The small step then continues from the probed token.
+  token's entropy H_init. The small step then continues from the probed token. ``TokenEntropy(tokens=k)``
+  glimpses k tokens and scores the highest entropy among them (an extension, for step openings that are
+  formatting).
 * :class:`StepEntropy` (``"step-entropy"``) and :class:`StepPerplexity` (``"step-perplexity"``): the small
   model drafts the whole step; the score is its mean token entropy or its perplexity (the paper's ablations).
   An accepted draft becomes the step; a rejected one is rewritten by the large model.
@@ -79,20 +81,38 @@ class Scorer(ABC):
         return f"{type(self).__name__}()"
 
 
+@dataclass(repr=True)
 class TokenEntropy(Scorer):
-    """GlimpRouter: the entropy of the small model's first token of the step."""
+    """GlimpRouter: the entropy of the small model's first token of the step.
 
-    name = "glimp"
-    kind = "token"
+    Attributes:
+        tokens: Tokens to glimpse, decoded greedily in one request. ``1`` is the paper's method: the score is the
+            first token's entropy H_init. With more, the score is the highest entropy among the glimpsed tokens of
+            the step (those before the token that completes the delimiter): for instruction models whose steps
+            open with formatting (a list number, ``**``) that the first token alone says nothing about. Every
+            glimpsed token is reused by the small step, so a longer glimpse costs little when the small model goes
+            on.
+
+    Raises:
+        ValueError: ``tokens`` is below 1.
+    """
+
+    tokens: int = 1
+    name: ClassVar[str] = "glimp"
+    kind: ClassVar[Literal["token", "step", "none"]] = "token"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1:
+            raise ValueError(f"TokenEntropy.tokens must be an integer >= 1, got {self.tokens!r}")
 
     def glimpse(self, ctx: StepContext) -> Glimpse:
-        """Probe one token at temperature 0 and score it by its entropy."""
+        """Probe ``tokens`` tokens at temperature 0 and score them by their entropy."""
         done = yield (
             ctx.small,
             Request(
                 messages=ctx.messages,
                 prefix=ctx.prefix,
-                max_tokens=1,
+                max_tokens=min(self.tokens, max(ctx.max_tokens, 1)),
                 temperature=0.0,
                 top_p=1.0,
                 top_logprobs=ctx.top_k,
@@ -102,19 +122,32 @@ class TokenEntropy(Scorer):
         )
         top = done.top_logprobs or []
         h = ctx.estimate([lp for _, lp in top])
+        score, signals = h, {"h_init": h}
+        if self.tokens > 1:
+            entropies, seen = [], ""
+            for t in done.logprobs:  # the tokens of this step, before the one that completes the delimiter
+                seen += t.token
+                if ctx.delimiter in seen:
+                    break
+                entropies.append(ctx.estimate([lp for _, lp in t.top]) if t.top else 0.0)
+            score = max(entropies, default=h)
+            signals["glimpse_max"] = score
         return Probe(
             index=ctx.index,
             kind="token",
             token=done.text,
             eos=done.end != "length",
             h_init=h,
-            score=h,
+            score=score,
             scorer=self.name,
             top_logprobs=top[:20],
             tokens=done.tokens,
             seconds=done.seconds,
-            signals={"h_init": h},
+            signals=signals,
         )
+
+    def __repr__(self) -> str:
+        return f"TokenEntropy(tokens={self.tokens})"
 
 
 @dataclass(repr=True)

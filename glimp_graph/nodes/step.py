@@ -50,17 +50,18 @@ def small_step(state: dict[str, Any], config: RunnableConfig, *, router: Router)
     new_tokens = 0
     if probe.kind == "step":  # the scorer's draft is the step
         text, tokens, seconds, end = probe.token, probe.tokens, 0.0, probe.end or "stop"
-    elif probe.kind == "token" and probe.eos:
-        text, tokens, seconds, end = "", 0, 0.0, "eos"
-    elif probe.kind == "token" and delimiter in probe.token:
-        text, tokens, seconds, end = probe.token.split(delimiter, 1)[0], 1, 0.0, "delimiter"
-    elif probe.kind == "token" and router.config.reuse_probe_token and budget <= 1:
-        text, tokens, seconds, end = probe.token, 1, 0.0, "length"
+    elif probe.kind == "token" and delimiter in probe.token:  # the glimpse already ends the step
+        text, tokens, seconds, end = probe.token.split(delimiter, 1)[0], probe.tokens, 0.0, "delimiter"
+    elif probe.kind == "token" and probe.eos:  # the small model ended its turn within the glimpse
+        text, tokens, seconds, end = probe.token, probe.tokens if probe.token else 0, 0.0, "eos"
+    elif probe.kind == "token" and router.config.reuse_probe_token and budget <= probe.tokens:
+        text, tokens, seconds, end = probe.token, probe.tokens, 0.0, "length"
     else:
         reuse = probe.kind == "token" and router.config.reuse_probe_token
         head = probe.token if reuse else ""
+        reused = probe.tokens if reuse else 0
         try:
-            done = yield router.small, _request(state, router, "small", prefix + head, budget - int(reuse))
+            done = yield router.small, _request(state, router, "small", prefix + head, budget - reused)
         except EndpointError as exc:
             reason = small_failed(router, exc) if exc.role == "small" else None
             if reason is None:
@@ -68,7 +69,7 @@ def small_step(state: dict[str, Any], config: RunnableConfig, *, router: Router)
             update = yield from _large_writes(state, router, note=reason)
             update["glimp_small_down"] = reason
             return update
-        text, tokens, seconds, end = head + done.text, int(reuse) + done.tokens, done.seconds, done.end
+        text, tokens, seconds, end = head + done.text, reused + done.tokens, done.seconds, done.end
         new_tokens = done.tokens
     update = finish_step(state, router, "small", text, tokens, seconds, end)
     update["glimp_small_tokens"] = state.get("glimp_small_tokens", 0) + new_tokens

@@ -9,6 +9,7 @@ import pytest
 
 from glimp_graph import create_glimp_graph
 from glimp_graph.eval import extract_answer, grade_integer
+from glimp_graph.scorers import TokenEntropy
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +34,21 @@ def test_tau_inf_sends_every_step_to_the_small_model(smol_pair, recorder):
     # the probed token is reused: every small step starts with it
     assert all(s.text.startswith(s.probe_token) or s.end == "eos" for s in steps)
     assert stats.thinking_tokens == sum(s.tokens for s in steps)
+
+
+def test_longer_glimpse_on_a_real_server(smol_pair, recorder):
+    """TokenEntropy(tokens=4): one probe request of up to 4 greedy tokens, reused by the small step; the score is
+    the highest entropy among the glimpsed tokens of the step, so never below H_init."""
+    graph = create_glimp_graph(*smol_pair, config={**SMOL, "tau": math.inf, "scorer": TokenEntropy(tokens=4)})
+    out = graph.invoke({"question": QUESTION}, config={"callbacks": [recorder]})
+    steps = out["glimp_steps"]
+    assert steps and all(s.model == "small" for s in steps)
+    assert all(s.score >= s.h_init - 1e-9 for s in steps)
+    assert any(s.score > s.h_init for s in steps)  # a later token of some step was less certain than its first
+    assert all(s.text.startswith(s.probe_token.split("\n\n", 1)[0]) or s.end == "eos" for s in steps)
+    assert any(len(s.probe_token) > 0 and s.tokens >= 4 for s in steps)  # a continuation after 4 glimpsed tokens
+    assert out["glimp_stats"].thinking_tokens == sum(s.tokens for s in steps)
+    assert [n for n, _ in _roles(recorder)].count("probe") == len(steps)
 
 
 def test_tau_minus_inf_sends_every_step_to_the_large_model(smol_pair, recorder):

@@ -9,8 +9,16 @@ import pytest
 
 from glimp_graph import GlimpConfig, create_glimp_graph
 from glimp_graph.entropy import renormalized
-from glimp_graph.scorers import SCORERS, Random, expected_digit
-from tests.unit.conftest import DELIMITER, FakeServer, chat_response, prefix_of, token_entry
+from glimp_graph.scorers import SCORERS, Random, TokenEntropy, expected_digit
+from tests.unit.conftest import (
+    DELIMITER,
+    FakeServer,
+    chat_response,
+    logprobs_for_entropy,
+    max_tokens_of,
+    prefix_of,
+    token_entry,
+)
 from tests.unit.conftest import endpoint as endpoint_of
 
 QUESTION = "What is 2 + 3?"
@@ -152,3 +160,77 @@ def test_unknown_scorer_is_rejected_by_name():
     with pytest.raises(ValueError, match="'entropy-of-vibes'"):
         GlimpConfig(scorer="entropy-of-vibes")
     assert {"glimp", "step-entropy", "step-perplexity", "specreason", "random", "fixed"} <= set(SCORERS)
+
+
+# --------------------------------------------------------------------------- a longer glimpse
+
+# per step, the glimpsed tokens with the entropy of each one's distribution
+GLIMPSES = [
+    [("1", 0.05), (".", 0.01), (" Add", 1.5)],  # a list number says nothing; the third token does: large
+    [("So", 0.2), (" the", 0.1), (" sum", 0.3)],  # routine: small continues after the three tokens
+    [("\\boxed{5}", 0.1), (".", 0.05), ("\n\n", 2.0)],  # the delimiter inside the glimpse ends the step
+]
+
+
+def _glimpse_response(tokens: list[tuple[str, float]], *, eos: bool = False) -> dict[str, Any]:
+    text = "".join(t for t, _ in tokens)
+    response = chat_response(text, finish_reason="stop" if eos else "length", completion_tokens=len(tokens))
+    content = []
+    for t, h in tokens:
+        top = logprobs_for_entropy(h, t)
+        content.append({**token_entry(t, top[0][1]), "top_logprobs": [token_entry(a, lp) for a, lp in top]})
+    response["choices"][0]["logprobs"] = {"content": content}
+    return response
+
+
+def test_token_entropy_rejects_a_glimpse_below_one_token():
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match=repr(bad).replace(".", r"\.")):
+            TokenEntropy(tokens=bad)  # type: ignore[arg-type]
+    assert repr(TokenEntropy(tokens=3)) == "TokenEntropy(tokens=3)"
+
+
+def test_longer_glimpse_scores_the_most_uncertain_token_and_reuses_every_glimpsed_token(fake_small, fake_large):
+    small_steps = {1: " is 5."}
+
+    def small_handler(body: dict[str, Any]) -> dict[str, Any]:
+        prefix = prefix_of(body)
+        i = prefix.count(DELIMITER)
+        if body.get("logprobs"):
+            assert body["temperature"] == 0 and max_tokens_of(body) == 3
+            return _glimpse_response(GLIMPSES[i])
+        assert prefix.endswith("So the sum"), prefix  # the continuation starts after the three glimpsed tokens
+        assert max_tokens_of(body) == 64 - 3
+        return chat_response(small_steps[i], stop_reason=DELIMITER, completion_tokens=4)
+
+    def large_handler(body: dict[str, Any]) -> dict[str, Any]:
+        if not body.get("stop"):
+            return chat_response(" 5", completion_tokens=1)
+        return chat_response("1. Add 2 and 3.", stop_reason=DELIMITER, completion_tokens=6)
+
+    fake_small.handler, fake_large.handler = small_handler, large_handler
+    out = _run(fake_small, fake_large, scorer=TokenEntropy(tokens=3), tau=1.0, max_step_tokens=64)
+    steps = out["glimp_steps"]
+    assert [s.model for s in steps] == ["large", "small", "small"]
+    assert [s.text for s in steps] == ["1. Add 2 and 3.", "So the sum is 5.", "\\boxed{5}."]
+    assert steps[0].score == pytest.approx(1.5, abs=1e-6)  # the max over the glimpse, not the first token's
+    assert steps[0].h_init == pytest.approx(0.05, abs=1e-6)
+    assert steps[1].tokens == 3 + 4 and steps[2].tokens == 3
+    assert steps[2].end == "delimiter"
+    assert out["glimp_stats"].stop_reason == "answer_marker"
+    # the delimiter token's entropy (2.0) is about what follows the step: the score stops before it
+    assert steps[2].score == pytest.approx(0.1, abs=1e-6)
+
+
+def test_longer_glimpse_that_meets_end_of_sequence_keeps_its_text(fake_small, fake_large):
+    def small_handler(body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("logprobs"):
+            return _glimpse_response([("Done", 0.1), (".", 0.05)], eos=True)
+        raise AssertionError("no continuation after end of sequence")
+
+    fake_small.handler = small_handler
+    fake_large.handler = lambda body: chat_response(" 5", completion_tokens=1)
+    out = _run(fake_small, fake_large, scorer=TokenEntropy(tokens=4), tau=1.0)
+    (step,) = out["glimp_steps"]
+    assert (step.model, step.text, step.end, step.tokens) == ("small", "Done.", "eos", 2)
+    assert out["glimp_stats"].stop_reason == "end_of_sequence"
