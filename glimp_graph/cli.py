@@ -210,7 +210,12 @@ def eval_(
 @click.option("--dataset", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--start", default=0, show_default=True)
 @click.option("--limit", default=20, show_default=True, help="Calibration problems.")
-@click.option("--scorer", default="glimp", show_default=True)
+@click.option(
+    "--scorer",
+    default="glimp",
+    show_default=True,
+    help="A scorer (glimp, step-entropy, step-perplexity, specreason, random) or a routed strategy (glimp-4).",
+)
 @click.option("--target-large-share", default=0.25, show_default=True)
 @click.option("--holdout-start", type=int, help="First held-out problem, to check the share tau gives.")
 @click.option("--holdout-limit", default=10, show_default=True)
@@ -236,6 +241,7 @@ def calibrate(
 
     from glimp_graph.eval import calibrate as run_calibration
     from glimp_graph.eval import load_problems
+    from glimp_graph.eval.strategies import resolve_scorer
 
     base = {
         "prompt": prompt,
@@ -248,7 +254,12 @@ def calibrate(
     with _endpoints(**endpoint_args) as (small, large):
         result = asyncio.run(
             run_calibration(
-                small, large, problems, scorer=scorer, target_large_share=target_large_share, base_config=base
+                small,
+                large,
+                problems,
+                scorer=resolve_scorer(scorer),
+                target_large_share=target_large_share,
+                base_config=base,
             )
         )
         click.echo(_histogram(result.scores))
@@ -258,7 +269,9 @@ def calibrate(
         )
         if holdout_start is not None:
             held = load_problems(dataset, start=holdout_start, limit=holdout_limit)
-            graph = create_glimp_graph(small, large, config={**base, "scorer": scorer, "tau": result.tau})
+            graph = create_glimp_graph(
+                small, large, config={**base, "scorer": resolve_scorer(scorer), "tau": result.tau}
+            )
             outs = [graph.invoke({"question": p.question}) for p in held]
             steps = sum(o["glimp_stats"].steps for o in outs)
             large_steps = sum(o["glimp_stats"].large_steps for o in outs)

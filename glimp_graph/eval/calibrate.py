@@ -11,6 +11,7 @@ from typing import Any
 from glimp_graph.config import Endpoint
 from glimp_graph.eval.data import Problem
 from glimp_graph.graph import create_glimp_graph
+from glimp_graph.scorers import Scorer
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class Calibration:
     """A calibrated threshold.
 
     Attributes:
-        scorer: The scorer calibrated.
+        scorer: The scorer calibrated (its name, or its repr when it was given as an instance).
         target_large_share: The share of large-model steps asked for.
         tau: The threshold: steps scoring above it go to the large model.
         scores: The step scores observed on the calibration problems.
@@ -52,7 +53,7 @@ async def collect_scores(
     large: Endpoint,
     problems: Sequence[Problem],
     *,
-    scorer: str,
+    scorer: str | Scorer,
     base_config: dict[str, Any] | None = None,
     concurrency: int = 1,
 ) -> list[float]:
@@ -74,7 +75,7 @@ async def calibrate(
     large: Endpoint,
     problems: Sequence[Problem],
     *,
-    scorer: str = "glimp",
+    scorer: str | Scorer = "glimp",
     target_large_share: float = 0.25,
     base_config: dict[str, Any] | None = None,
     concurrency: int = 1,
@@ -85,7 +86,7 @@ async def calibrate(
         small: The small model's endpoint.
         large: The large model's endpoint.
         problems: Calibration problems (keep them apart from the evaluation problems).
-        scorer: The scorer to calibrate.
+        scorer: The scorer to calibrate: a name or an instance (e.g. ``TokenEntropy(tokens=4)``).
         target_large_share: Wanted share of large-model steps, in (0, 1).
         base_config: Other settings (budgets, prompt).
         concurrency: Runs in flight at once.
@@ -95,10 +96,11 @@ async def calibrate(
     """
     if not 0.0 < target_large_share < 1.0:
         raise ValueError(f"target_large_share must be in (0, 1), got {target_large_share}")
-    if scorer == "random":  # its score is uniform: the share is the threshold
-        return Calibration(scorer, target_large_share, 1.0 - target_large_share, [], len(problems))
+    label = scorer if isinstance(scorer, str) else repr(scorer)
+    if getattr(scorer, "name", scorer) == "random":  # its score is uniform: the share is the threshold
+        return Calibration(label, target_large_share, 1.0 - target_large_share, [], len(problems))
     scores = await collect_scores(
         small, large, problems, scorer=scorer, base_config=base_config, concurrency=concurrency
     )
     tau = quantile(scores, 1.0 - target_large_share)
-    return Calibration(scorer, target_large_share, tau, scores, len(problems))
+    return Calibration(label, target_large_share, tau, scores, len(problems))

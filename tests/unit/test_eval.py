@@ -24,6 +24,7 @@ from glimp_graph.eval import (
     sign_test,
     summarize,
 )
+from glimp_graph.eval.strategies import resolve_scorer
 from tests.unit.conftest import FakeServer, is_probe, logprobs_for_entropy
 from tests.unit.conftest import endpoint as endpoint_of
 
@@ -91,6 +92,10 @@ def test_every_strategy_maps_to_a_valid_config():
         GlimpConfig(**strategy.config(None))
     assert STRATEGIES["large-only"].config(None)["tau"] == -math.inf
     assert STRATEGIES["small-only"].config(None)["final_model"] == "small"
+    assert STRATEGIES["glimp-4"].config(None)["scorer"].tokens == 4
+    assert resolve_scorer("glimp-4").tokens == 4
+    assert resolve_scorer("glimp") == "glimp"
+    assert resolve_scorer("step-entropy") == "step-entropy"
 
 
 def _answering(server: FakeServer, role: str) -> None:
@@ -201,3 +206,54 @@ def test_routing_profile_by_position():
     assert prof["accuracy_first_large"] == 1.0
     assert prof["accuracy_first_small"] == 0.0
     assert routing_profile(records, "nobody")["first"] is None
+
+
+CAL_STEPS = [(0.1, "First, 2 + 3."), (0.5, "That is 5."), (1.2, "Check: 5 - 3 = 2."), (2.0, "So \\boxed{5}.")]
+
+
+def test_calibrate_picks_the_quantile_of_the_small_models_own_scores(fake_small, fake_large, scripted):
+    from glimp_graph.eval import calibrate
+    from glimp_graph.scorers import TokenEntropy
+    from tests.unit.conftest import ScriptStep
+
+    model = scripted([ScriptStep(h, text) for h, text in CAL_STEPS], answer="5")
+    problems = [Problem(id="p0", question="What is 2 + 3?", answer="5", kind="integer", source="t")]
+    small, large = endpoint_of(fake_small), endpoint_of(fake_large)
+    result = asyncio.run(calibrate(small, large, problems, scorer="glimp", target_large_share=0.25))
+    assert result.scores == pytest.approx([0.1, 0.5, 1.2, 2.0], abs=1e-6)
+    assert result.tau == pytest.approx(quantile([0.1, 0.5, 1.2, 2.0], 0.75), abs=1e-6)
+    assert result.share_above() == 0.25 and result.problems == 1
+    # the calibration run is the small model's own reasoning: the large model writes nothing but the answer
+    assert all(not body.get("stop") for body in fake_large.chat_requests())
+    # a scorer instance is calibrated as given, and named by its repr
+    one = asyncio.run(calibrate(small, large, problems, scorer=TokenEntropy(tokens=1), target_large_share=0.5))
+    assert one.scorer == "TokenEntropy(tokens=1)" and one.tau == pytest.approx(0.85, abs=1e-6)
+    rnd = asyncio.run(calibrate(small, large, problems, scorer="random", target_large_share=0.3))
+    assert rnd.tau == pytest.approx(0.7) and rnd.scores == []
+    with pytest.raises(ValueError, match=r"1\.5"):
+        asyncio.run(calibrate(small, large, problems, target_large_share=1.5))
+    assert model.errors == []
+
+
+def test_cli_calibrate_prints_the_histogram_tau_and_held_out_share(tmp_path, fake_small, fake_large, scripted):
+    from click.testing import CliRunner
+
+    from glimp_graph.cli import main
+    from tests.unit.conftest import ScriptStep
+
+    scripted([ScriptStep(h, text) for h, text in CAL_STEPS], answer="5")
+    data = tmp_path / "p.jsonl"
+    data.write_text('{"question": "What is 2 + 3?", "answer": "5"}\n' * 2)
+    result = CliRunner().invoke(
+        main,
+        [
+            "calibrate",
+            "--dataset", str(data), "--limit", "1", "--target-large-share", "0.25",
+            "--holdout-start", "1", "--holdout-limit", "1",
+            "--small-url", fake_small.url + "/v1", "--large-url", fake_large.url + "/v1",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    tau = quantile([0.1, 0.5, 1.2, 2.0], 0.75)
+    assert f"glimp: tau={tau:.4f} for a large-step share of 25% (4 steps of 1 problems)" in result.output
+    assert "held-out (1 problems): large-step share 25%" in result.output
