@@ -43,12 +43,15 @@ from glimp_graph.eval import (
 )
 from glimp_graph.eval.calibrate import collect_scores
 from glimp_graph.eval.plots import plot_signals, plot_tradeoff
+from glimp_graph.eval.strategies import resolve_scorer
 from glimp_graph.serving import LocalModels
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "gsm8k_dev.jsonl"
 RESULTS = HERE / "results"
+MAIN = ("glimp", "small-only", "large-only", "random", "step-entropy", "step-perplexity", "specreason")
 CALIBRATED = ("glimp", "step-entropy", "step-perplexity", "specreason", "random")
+VARIANTS = ("glimp-4",)  # extensions, calibrated like the main jobs and run after them
 BASE = {"max_step_tokens": 256, "max_thinking_tokens": 768, "max_steps": 32, "final_max_tokens": 64}
 
 
@@ -71,15 +74,17 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
-async def _calibrate_taus(small: Endpoint, large: Endpoint, args: argparse.Namespace) -> dict[str, float]:
+async def _calibrate_taus(
+    small: Endpoint, large: Endpoint, args: argparse.Namespace, names: tuple[str, ...]
+) -> dict[str, float]:
     cal_problems = load_problems(DATA, start=args.calibration_start, limit=args.calibration_n)
     taus = {}
-    for name in CALIBRATED:
+    for name in names:
         result = await calibrate(
             small,
             large,
             cal_problems,
-            scorer=STRATEGIES[name].scorer,
+            scorer=resolve_scorer(name),
             target_large_share=args.target_large_share,
             base_config=BASE,
         )
@@ -112,8 +117,11 @@ async def _measure(args: argparse.Namespace, cache: str | None, calibration_file
             calibration = {
                 "target_large_share": args.target_large_share,
                 "problems": f"gsm8k_dev rows {args.calibration_start}..{last}",
-                "taus": await _calibrate_taus(small, large, args),
+                "taus": await _calibrate_taus(small, large, args, CALIBRATED),
             }
+            calibration_file.write_text(json.dumps(calibration, indent=2) + "\n")
+        if any(name not in calibration["taus"] for name in VARIANTS):
+            calibration["taus"].update(await _calibrate_taus(small, large, args, VARIANTS))
             calibration_file.write_text(json.dumps(calibration, indent=2) + "\n")
         missing = [s for s in args.sweep_shares if f"{s:g}" not in calibration.get("sweep", {})]
         if missing:
@@ -121,7 +129,8 @@ async def _measure(args: argparse.Namespace, cache: str | None, calibration_file
             print(f"sweep taus: {calibration['sweep']}", flush=True)
             calibration_file.write_text(json.dumps(calibration, indent=2) + "\n")
         taus = calibration["taus"]
-        main_jobs = [Job(name, taus.get(name)) for name in STRATEGIES]
+        main_jobs = [Job(name, taus.get(name)) for name in MAIN]
+        variant_jobs = [Job(name, taus[name]) for name in VARIANTS]
         problems = load_problems(DATA, limit=args.n)
 
         async def flush_prompt_caches() -> None:
@@ -133,8 +142,8 @@ async def _measure(args: argparse.Namespace, cache: str | None, calibration_file
                         json={"messages": [{"role": "user", "content": "ok"}], "max_tokens": 1},
                     )
 
-        # the main comparison first (every strategy, problem by problem), then the sweep's extra thresholds
-        for jobs in (main_jobs, sweep_jobs(calibration, args)):
+        # the main comparison first (every strategy, problem by problem), then the variants, then the sweep
+        for jobs in (main_jobs, variant_jobs, sweep_jobs(calibration, args)):
             if jobs:
                 await run_eval(
                     small, large, problems, jobs, args.results, base_config=BASE, before_each=flush_prompt_caches
@@ -188,14 +197,13 @@ def _targets(rows: list[dict], records: list[dict]) -> list[str]:
     return out
 
 
-def _paired_section(records: list[dict], glimp: str, others: list[str]) -> list[str]:
-    out = [
-        "## Paired comparison (same problems)",
-        "",
+def _paired_section(records: list[dict], glimp: str, others: list[str], *, title: bool = True) -> list[str]:
+    out = ["## Paired comparison (same problems)", ""] if title else []
+    out += [
         f"`{glimp}` against each job: problems both got right, only one got right, the accuracy difference with "
         "its paired standard error, and the exact sign test (McNemar) on the problems where they disagree.",
         "",
-        "| vs | n | both right | only glimp | only the other | difference (± SE) | p |",
+        f"| vs | n | both right | only {glimp} | only the other | difference (± SE) | p |",
         "|---|---|---|---|---|---|---|",
     ]
     for other in others:
@@ -240,7 +248,7 @@ def main() -> None:
         "--sweep-shares",
         type=float,
         nargs="*",
-        default=[0.1, 0.5],
+        default=[0.5],
         help="extra large-step shares for glimp (thresholds calibrated like the main one), run after the main jobs",
     )
     parser.add_argument(
@@ -264,12 +272,14 @@ def main() -> None:
     records = load_records(args.results)
     calibration = json.loads(calibration_file.read_text()) if calibration_file.exists() else {}
     taus = calibration.get("taus", {})
-    main_labels = [Job(name, taus.get(name)).label for name in STRATEGIES]
-    sweep_labels = [job.label for job in sweep_jobs(calibration, args)]
+    main_labels = [Job(name, taus.get(name)).label for name in MAIN]
+    sweep_labels = [Job(name, taus[name]).label for name in VARIANTS if name in taus]
+    sweep_labels += [job.label for job in sweep_jobs(calibration, args)]
     rows = summarize([r for r in records if r["job"] in main_labels])
     done = {r["job"] for r in records if not r.get("error")}
-    sweep_ready = sweep_labels and all(label in done for label in sweep_labels)
-    sweep_rows = summarize([r for r in records if r["job"] in main_labels + sweep_labels]) if sweep_ready else []
+    finished = {label for label in done if sum(r["job"] == label and not r.get("error") for r in records) >= args.n}
+    sweep_done = [label for label in sweep_labels if label in finished]  # a partial job would shrink the table
+    sweep_rows = summarize([r for r in records if r["job"] in main_labels + sweep_done]) if sweep_done else []
     plot_tradeoff(sweep_rows or rows, HERE / "tradeoff.png")
     plot_signals(records, HERE / "signals.png")
     sweep_note = (
@@ -301,9 +311,11 @@ def main() -> None:
     ]
     if sweep_rows:
         lines += [
-            "## Threshold sweep",
+            "## Variants and threshold sweep",
             "",
-            "Every job on the problems all of them finished, the extra thresholds included.",
+            "Every job on the problems all of them finished: the main jobs, the extensions "
+            f"({', '.join(f'`{v}`' for v in VARIANTS)}: {'; '.join(STRATEGIES[v].description for v in VARIANTS)}; "
+            "threshold calibrated like the main ones) and the extra thresholds.",
             "",
             markdown_table(sweep_rows),
         ]
@@ -311,6 +323,10 @@ def main() -> None:
     glimp = Job("glimp", taus.get("glimp")).label
     if glimp in done:
         lines += _paired_section(records, glimp, [label for label in main_labels if label != glimp and label in done])
+        for name in VARIANTS:
+            variant = Job(name, taus.get(name)).label
+            if variant in done:
+                lines += _paired_section(records, variant, [glimp, Job("large-only").label], title=False)
         routed = [
             label for label in main_labels + sweep_labels if label.startswith(("glimp", "random")) and label in done
         ]
