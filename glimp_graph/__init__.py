@@ -16,6 +16,7 @@ from glimp_graph.errors import (
 )
 from glimp_graph.graph import create_glimp_graph
 from glimp_graph.prompts import PRESETS, R1, STEPS, PromptTemplate
+from glimp_graph.scorers import TokenEntropy
 from glimp_graph.state import Decision, GlimpInput, GlimpOutput, GlimpState, Probe, RunStats, Step
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "PromptTemplate",
     "RunStats",
     "Step",
+    "TokenEntropy",
     "create_glimp_graph",
 ]
 
