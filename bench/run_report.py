@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -184,14 +185,40 @@ def _targets(rows: list[dict], records: list[dict]) -> list[str]:
     if per_token["small"] and per_token["large"]:
         small_ms = 1000 * statistics.median(per_token["small"])
         large_ms = 1000 * statistics.median(per_token["large"])
+        glimp_runs = [r for r in records if r.get("job") == g["job"] and not r.get("error")]
+        final_s = statistics.mean(r["final_seconds"] for r in glimp_runs)
+        probe_s = statistics.mean(r["probe_seconds"] for r in glimp_runs)
+        small_lat = by["small-only"]["latency_mean_s"] if "small-only" in by else float("nan")
+        mix = (1 - g["large_share"]) * small_lat + g["large_share"] * big["latency_mean_s"]
+        routed = [r for r in rows if "-only" not in r["job"]]
         out += [
             "",
-            f"Why: on this CPU the large model costs {large_ms:.0f} ms per generated token and the small one "
-            f"{small_ms:.0f} ms (median over the standalone runs' steps), a {large_ms / small_ms:.1f}x gap, where the "
-            "paper's pair (32B vs 4B on GPUs) has a far larger one. Each switch of writer also makes the other "
-            "server read the step it did not write (a prefill), and every step pays a probe (the glimpse time "
-            "share above). With so small a gap these costs eat the savings; the ratio to `large-only` is the "
-            "number to watch when the pair is served where the large model is much slower than the small one.",
+            "## Why",
+            "",
+            f"Latency. On this CPU the large model costs {large_ms:.0f} ms per generated token and the small one "
+            f"{small_ms:.0f} ms (median over the standalone runs' steps): a {large_ms / small_ms:.1f}x gap, where "
+            "the paper's pair (32B vs 4B on GPUs) has a far larger one. Mixing the standalone runs' times in "
+            f"glimp's proportion ({g['large_share']:.0%} large steps) would give {mix:.1f} s per problem; glimp "
+            f"takes {g['latency_mean_s']:.1f} s. Of the {g['latency_mean_s'] - mix:.1f} s more, the probes take "
+            f"{probe_s:.1f} s, and the rest is switching: each change of writer (the routing table above) makes "
+            "the other server read the step it did not write, and the large model's final answer "
+            f"({final_s:.1f} s on average) starts by reading a trace written mostly by the small model. With a "
+            "1.6x gap these fixed costs eat most of the saving; the ratio to `large-only` is the number to "
+            "watch when the pair is served where the large model is much slower than the small one.",
+            "",
+            "Accuracy. Every routed job lands between "
+            f"{min(r['accuracy'] for r in routed):.0%} and {max(r['accuracy'] for r in routed):.0%}, close to "
+            f"`small-only` ({by['small-only']['accuracy']:.0%}) and far from `large-only` "
+            f"({big['accuracy']:.0%}), whatever its signal: on this pair, giving the 1.5B model a quarter to a "
+            "third of the steps does not rescue a solution whose other steps the 0.5B model writes (the paired "
+            "table: glimp and each routed baseline disagree on few problems, none significantly). And the "
+            "signals give the large model the prose, not the arithmetic where the small model errs (the table "
+            "of step kinds): with the `steps` prompt these instruction models open most computing steps with a "
+            "list number or `**`, a token they are sure of whatever follows, so H_init is low exactly there. "
+            "The signal is not void (prose steps go to the large model twice as often as arithmetic ones), it "
+            "points at the wrong steps for this model and prompt; the paper's R1-style thinkers open steps with "
+            "words ('Wait', 'So', 'Alternatively') whose uncertainty is the step's. `glimp-4` tests the fix of "
+            "looking past the formatting (see the variants section).",
         ]
     out += ["", "Framework overhead: see [OVERHEAD.md](OVERHEAD.md).", ""]
     return out
@@ -235,6 +262,65 @@ def _routing_section(records: list[dict], jobs: list[str]) -> list[str]:
                 f"| {prof['switches']:.1f} | {pct(prof['accuracy_first_large'])} "
                 f"| {pct(prof['accuracy_first_small'])} |"
             )
+    return [*out, ""]
+
+
+ARITHMETIC = re.compile(r"\d\s*[-+*/\u00d7=]|=\s*\d|\\times|\\frac|\\div")
+FORMAT_TOKEN = re.compile(r"^\s*(\d+\.?|\*\*|#+|-|\\\[|\\|Step)\s*$")
+
+
+def _content_section(records: list[dict], jobs: list[str]) -> list[str]:
+    """What kind of steps each routed job gives the large model, read from the steps' text."""
+    with_text = [r for r in records if r.get("step_records") and "text" in r["step_records"][0]]
+    if not with_text:
+        return []
+    problems = len({r["id"] for r in with_text})
+    out = [
+        "## What the large model gets: arithmetic steps or prose",
+        "",
+        f"From the {problems} problems whose records keep the steps' text: a step is 'arithmetic' when its text "
+        "computes (a digit next to an operator or `=`, `\\times`, `\\frac`), else 'prose'. The share of each kind "
+        "that the large model wrote:",
+        "",
+        "| job | arithmetic steps | to large | prose steps | to large |",
+        "|---|---|---|---|---|",
+    ]
+    for job in jobs:
+        kinds: dict[bool, list[bool]] = {True: [], False: []}
+        for r in with_text:
+            if r["job"] == job:
+                for step in r["step_records"]:
+                    kinds[bool(ARITHMETIC.search(step["text"]))].append(step["model"] == "large")
+        if kinds[True] or kinds[False]:
+            share = lambda v: f"{sum(v) / len(v):.0%}" if v else "n/a"  # noqa: E731
+            out.append(
+                f"| {job} | {len(kinds[True])} | {share(kinds[True])} | {len(kinds[False])} | {share(kinds[False])} |"
+            )
+    probed = [
+        step
+        for r in with_text
+        if r["strategy"] == "glimp"
+        for step in r["step_records"]
+        if step.get("h_init") is not None and step.get("probe_token") is not None
+    ]
+    groups = {
+        "formatting (a list number, `**`, `-`, `\\[`, `Step`)": [
+            s for s in probed if FORMAT_TOKEN.match(s["probe_token"])
+        ],
+        "a word": [s for s in probed if not FORMAT_TOKEN.match(s["probe_token"])],
+    }
+    out += [
+        "",
+        "The `glimp` jobs' steps by their first (probed) token:",
+        "",
+        "| first token | steps | mean H_init | arithmetic share |",
+        "|---|---|---|---|",
+    ]
+    for name, steps in groups.items():
+        if steps:
+            h = statistics.mean(s["h_init"] for s in steps)
+            arith = sum(bool(ARITHMETIC.search(s["text"])) for s in steps) / len(steps)
+            out.append(f"| {name} | {len(steps)} | {h:.2f} | {arith:.0%} |")
     return [*out, ""]
 
 
@@ -331,7 +417,21 @@ def main() -> None:
             label for label in main_labels + sweep_labels if label.startswith(("glimp", "random")) and label in done
         ]
         lines += _routing_section(records, routed)
+        mixed = [label for label in main_labels + sweep_labels if label in done and "-only" not in label]
+        lines += _content_section(records, mixed)
     lines += _targets(rows, records)
+    variant_rows = {r["strategy"]: r for r in sweep_rows if r["strategy"] in VARIANTS}
+    glimp_row = next((r for r in sweep_rows if r["job"] == glimp), None)
+    for name, v in variant_rows.items():
+        if glimp_row is not None:
+            p = paired(records, v["job"], glimp)
+            lines += [
+                f"`{name}` against `glimp` on the same problems: accuracy {v['accuracy']:.0%} vs "
+                f"{glimp_row['accuracy']:.0%} (difference {p.diff:+.1%} ± {p.diff_se:.1%}, sign test p = "
+                f"{p.p_value:.2f}), latency {v['latency_ratio']:.2f} vs {glimp_row['latency_ratio']:.2f} x "
+                f"`large-only`, large-step share {v['large_share']:.0%} vs {glimp_row['large_share']:.0%}.",
+                "",
+            ]
     (HERE / "REPORT.md").write_text("\n".join(lines))
     print("\n".join(lines))
     print(f"done in {time.time() - started:.0f} s", file=sys.stderr)
