@@ -251,13 +251,14 @@ def calibrate(
         "final_max_tokens": final_max_tokens,
     }
     problems = load_problems(dataset, start=start, limit=limit)
+    chosen = resolve_scorer(scorer)
     with _endpoints(**endpoint_args) as (small, large):
         result = asyncio.run(
             run_calibration(
                 small,
                 large,
                 problems,
-                scorer=resolve_scorer(scorer),
+                scorer=chosen,
                 target_large_share=target_large_share,
                 base_config=base,
             )
@@ -269,9 +270,7 @@ def calibrate(
         )
         if holdout_start is not None:
             held = load_problems(dataset, start=holdout_start, limit=holdout_limit)
-            graph = create_glimp_graph(
-                small, large, config={**base, "scorer": resolve_scorer(scorer), "tau": result.tau}
-            )
+            graph = create_glimp_graph(small, large, config={**base, "scorer": chosen, "tau": result.tau})
             outs = [graph.invoke({"question": p.question}) for p in held]
             steps = sum(o["glimp_stats"].steps for o in outs)
             large_steps = sum(o["glimp_stats"].large_steps for o in outs)

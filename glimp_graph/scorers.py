@@ -146,9 +146,6 @@ class TokenEntropy(Scorer):
             signals=signals,
         )
 
-    def __repr__(self) -> str:
-        return f"TokenEntropy(tokens={self.tokens})"
-
 
 @dataclass(repr=True)
 class Random(Scorer):
