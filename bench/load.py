@@ -294,12 +294,12 @@ def leftovers(pids: Sequence[int], ports: Sequence[int], binary: str) -> list[st
 
 def start_servers(args: argparse.Namespace) -> tuple[list[Any], str]:
     """Fetch both models, find or build llama-server, and start one server per model with ``-np parallel``."""
-    from glimp_graph.serving import LlamaServer, build_llama_server, fetch_model, find_llama_server
+    from glimp_graph.serving import LlamaServer, ensure_llama_server, fetch_model
     from glimp_graph.serving.weights import get_spec
 
     specs = [get_spec(args.small), get_spec(args.large)]
     paths = [fetch_model(spec, args.cache_dir, progress=True) for spec in specs]
-    binary = find_llama_server(args.cache_dir) or build_llama_server(args.cache_dir, progress=True)
+    binary = ensure_llama_server(args.cache_dir, progress=True)
     servers: list[Any] = []
     try:
         for spec, path in zip(specs, paths, strict=True):

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from glimp_graph.serving._paths import default_cache_dir
 from glimp_graph.serving.deploy import vllm_commands
-from glimp_graph.serving.errors import ServingError, WeightsError
+from glimp_graph.serving.errors import ServerCrashedError, ServingError, WeightsError
 from glimp_graph.serving.llama_server import (
     LLAMA_CPP_PYTHON_VERSION,
     build_llama_server,
+    ensure_llama_server,
     find_llama_server,
     llama_server_path,
 )
@@ -32,12 +33,14 @@ __all__ = [
     "LlamaServer",
     "LocalModels",
     "ModelSpec",
+    "ServerCrashedError",
     "ServingError",
     "VllmServer",
     "WeightsError",
     "build_llama_server",
     "default_cache_dir",
     "dequantize_gguf",
+    "ensure_llama_server",
     "ensure_vllm_env",
     "fetch_model",
     "find_llama_server",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from glimp_graph.errors import GlimpError
 
-__all__ = ["ServingError", "WeightsError"]
+__all__ = ["ServerCrashedError", "ServingError", "WeightsError"]
 
 
 class ServingError(GlimpError, RuntimeError):
@@ -13,3 +13,16 @@ class ServingError(GlimpError, RuntimeError):
 
 class WeightsError(ServingError):
     """Assembled model weights do not match the pinned size or sha256."""
+
+
+class ServerCrashedError(ServingError):
+    """A server process was killed by a signal before it was ready (SIGILL: an instruction this CPU lacks).
+
+    Attributes:
+        signal: The signal number that ended the process.
+
+    """
+
+    def __init__(self, message: str, *, signal: int) -> None:
+        super().__init__(message)
+        self.signal = signal

@@ -2,20 +2,37 @@
 
 The source is the llama.cpp tree vendored in the ``llama-cpp-python`` sdist on PyPI, so no network access
 beyond PyPI is needed. The binary is cached under ``<cache>/bin`` with a name keyed by the version, the CMake
-flags and (for native builds) the CPU, so only the first run pays for the build (minutes).
+flags, the architecture and the CPU (model name and the kernel's feature flags), so only the first run pays for
+the build (minutes) and two CPUs that share a cache folder never run each other's binaries.
+
+Two builds exist (see :func:`cmake_flags`):
+
+- the **default** build: on x86-64, ``GGML_NATIVE=OFF`` with each instruction-set option of ggml switched on
+  exactly when the kernel lists the feature in ``/proc/cpuinfo``, and AMX always off. ``GGML_NATIVE=ON`` compiles
+  with ``-march=native``, which on Xeons of the 4th generation and later turns ggml's AMX kernels on; those run
+  AMX instructions that a Linux process must first request from the kernel, and the build died with SIGILL at its
+  first matrix product. Naming the features from the kernel's own list keeps AVX-512/VNNI/BF16 speed and never
+  compiles in an instruction the kernel did not report. On other architectures it is ggml's native build.
+- the **portable** build: no instruction-set extension beyond the architecture's baseline (x86-64: SSE2). It is
+  built once, automatically, when a server of the default build dies by a crash signal before it is ready
+  (:func:`record_crash`), or on request (``glimp fetch --portable``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
+import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,17 +40,26 @@ from glimp_graph.serving._paths import file_lock, resolve_cache_dir, tail
 from glimp_graph.serving.errors import ServingError
 
 __all__ = [
+    "CRASH_SIGNALS",
     "LLAMA_CPP_PYTHON_VERSION",
     "build_llama_server",
     "cmake_flags",
+    "ensure_llama_server",
     "find_llama_server",
     "llama_server_path",
+    "record_crash",
 ]
 
+logger = logging.getLogger("glimp_graph.serving")
+
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+"""Version of the ``llama-cpp-python`` sdist whose vendored llama.cpp is built."""
 #: sha256 of the pinned sdist (llama_cpp_python-0.3.36.tar.gz); pip checks it before preparing the archive.
 LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-"""Version of the ``llama-cpp-python`` sdist whose vendored llama.cpp is built."""
+
+#: Signals that mean "this binary cannot run on this machine" when a server dies of one before it is ready.
+#: SIGKILL and SIGTERM are not among them: they come from outside (the OOM killer, a user), not from the build.
+CRASH_SIGNALS: frozenset[int] = frozenset({signal.SIGILL, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE})
 
 _BASE_FLAGS: tuple[str, ...] = (
     "-DCMAKE_BUILD_TYPE=Release",
@@ -46,31 +72,37 @@ _BASE_FLAGS: tuple[str, ...] = (
     "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DBUILD_SHARED_LIBS=OFF",
 )
+#: ggml's x86 instruction-set options and the ``/proc/cpuinfo`` flags each one compiles in (ggml's
+#: ggml-cpu/CMakeLists.txt: GGML_AVX512 adds -mavx512f/cd/vl/dq/bw; the extensions need AVX512F too).
+_X86_OPTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("GGML_SSE42", ("sse4_2",)),
+    ("GGML_AVX", ("avx",)),
+    ("GGML_AVX2", ("avx2",)),
+    ("GGML_BMI2", ("bmi2",)),
+    ("GGML_FMA", ("fma",)),
+    ("GGML_F16C", ("f16c",)),
+    ("GGML_AVX_VNNI", ("avx_vnni",)),
+    ("GGML_AVX512", ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")),
+    ("GGML_AVX512_VBMI", ("avx512f", "avx512vbmi")),
+    ("GGML_AVX512_VNNI", ("avx512f", "avx512_vnni")),
+    ("GGML_AVX512_BF16", ("avx512f", "avx512_bf16")),
+)
+#: Never compiled in: AMX needs a per-process permission from the kernel (see the module docstring).
+_X86_ALWAYS_OFF: tuple[str, ...] = ("GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16")
 _PROGRESS_RE = re.compile(r"^\[\s*(\d+)%\]")
 _NINJA_PROGRESS_RE = re.compile(r"^\[(\d+)/(\d+)\]")
 
 
-def cmake_flags(*, native: bool = True) -> list[str]:
-    """Return the CMake configure flags used for the build.
-
-    Args:
-        native: Optimise for this CPU (``GGML_NATIVE=ON``); ``False`` gives a portable binary.
-
-    Returns:
-        The ``-D`` flags, in order.
-
-    """
-    return [*_BASE_FLAGS, f"-DGGML_NATIVE={'ON' if native else 'OFF'}"]
+def _is_x86_64(machine: str | None = None) -> bool:
+    return (machine or platform.machine()).lower() in ("x86_64", "amd64")
 
 
-def _cpu_signature() -> str:
-    """Return the first ``model name`` and ``flags`` lines of ``/proc/cpuinfo`` (empty when unavailable)."""
+def _cpuinfo() -> dict[str, str]:
+    """Return the first ``model name`` and ``flags`` values of ``/proc/cpuinfo`` (empty when unavailable)."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        import platform
-
-        return f"{platform.machine()} {platform.processor()}"
+        return {}
     found: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
@@ -79,29 +111,88 @@ def _cpu_signature() -> str:
             found[key] = value.strip()
         if len(found) == 2:
             break
-    return f"{found.get('model name', '')}\n{found.get('flags', '')}"
+    return found
 
 
-def _build_key(*, native: bool) -> str:
-    parts = [LLAMA_CPP_PYTHON_VERSION, *cmake_flags(native=native)]
-    if native:
-        parts.append(_cpu_signature())
+def cpu_features() -> frozenset[str]:
+    """Return the CPU feature flags the kernel reports (``/proc/cpuinfo``), empty where there is no such file.
+
+    Returns:
+        The flags, e.g. ``{"avx2", "avx512f", ...}``.
+
+    """
+    return frozenset(_cpuinfo().get("flags", "").split())
+
+
+def cmake_flags(
+    *, portable: bool = False, features: Iterable[str] | None = None, machine: str | None = None
+) -> list[str]:
+    """Return the CMake configure flags of the default or the portable build.
+
+    Args:
+        portable: ``True`` for the portable build (no instruction-set extension beyond the baseline).
+        features: CPU feature flags to build for; ``None`` means :func:`cpu_features` of this machine.
+        machine: The architecture (``platform.machine()``); ``None`` means this machine's.
+
+    Returns:
+        The ``-D`` flags, in order.
+
+    """
+    if not _is_x86_64(machine):
+        return [*_BASE_FLAGS, f"-DGGML_NATIVE={'OFF' if portable else 'ON'}"]
+    have = frozenset() if portable else frozenset(cpu_features() if features is None else features)
+    isa = [f"-D{option}={'ON' if set(needs) <= have else 'OFF'}" for option, needs in _X86_OPTIONS]
+    return [*_BASE_FLAGS, "-DGGML_NATIVE=OFF", *isa, *(f"-D{option}=OFF" for option in _X86_ALWAYS_OFF)]
+
+
+def _build_key(*, portable: bool) -> str:
+    info = _cpuinfo()
+    parts = [
+        LLAMA_CPP_PYTHON_VERSION,
+        *cmake_flags(portable=portable),
+        platform.machine(),
+        info.get("model name", platform.processor()),
+        info.get("flags", ""),
+    ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def llama_server_path(cache_dir: str | os.PathLike[str] | None = None, *, native: bool = True) -> Path:
-    """Return where the cached binary for this version, flags and CPU lives (it may not exist).
+def llama_server_path(cache_dir: str | os.PathLike[str] | None = None, *, portable: bool = False) -> Path:
+    """Return where the cached binary for this version, build kind and CPU lives (it may not exist).
 
     Args:
         cache_dir: Cache root; ``None`` means :func:`~glimp_graph.serving.default_cache_dir`.
-        native: Whether the path is for a native (``GGML_NATIVE=ON``) or a portable build.
+        portable: Whether the path is for the portable build or the default one.
 
     Returns:
-        ``<cache>/bin/llama-server-<version>-<key>``.
+        ``<cache>/bin/llama-server-<version>-<key>`` (``-portable`` appended for the portable build).
 
     """
     root = resolve_cache_dir(cache_dir)
-    return root / "bin" / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}-{_build_key(native=native)}"
+    suffix = "-portable" if portable else ""
+    return root / "bin" / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}-{_build_key(portable=portable)}{suffix}"
+
+
+def _crash_marker(cache_dir: str | os.PathLike[str] | None) -> Path:
+    default = llama_server_path(cache_dir)
+    return default.with_name(default.name + ".crashed")
+
+
+def record_crash(cache_dir: str | os.PathLike[str] | None, reason: str) -> None:
+    """Remember that the default build cannot run on this CPU, so the portable one is used from now on.
+
+    Args:
+        cache_dir: Cache root; ``None`` means the default cache.
+        reason: One line saying what happened (kept in the marker file next to the binary).
+
+    """
+    marker = _crash_marker(cache_dir)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(reason + "\n", encoding="utf-8")
+
+
+def _needs_portable(cache_dir: str | os.PathLike[str] | None) -> bool:
+    return _crash_marker(cache_dir).is_file()
 
 
 def _is_executable(path: Path) -> bool:
@@ -109,9 +200,10 @@ def _is_executable(path: Path) -> bool:
 
 
 def find_llama_server(cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
-    """Return a cached ``llama-server`` binary if one was built for this machine, else ``None``.
+    """Return the cached ``llama-server`` binary this machine should run, or ``None`` if it is not built yet.
 
-    The native build for this CPU is preferred over the portable one.
+    That is the default build for this CPU, unless a server of it died by a crash signal here
+    (:func:`record_crash`); then it is the portable build.
 
     Args:
         cache_dir: Cache root; ``None`` means :func:`~glimp_graph.serving.default_cache_dir`.
@@ -120,11 +212,31 @@ def find_llama_server(cache_dir: str | os.PathLike[str] | None = None) -> Path |
         The binary's path, or ``None``.
 
     """
-    for native in (True, False):
-        path = llama_server_path(cache_dir, native=native)
-        if _is_executable(path):
-            return path
-    return None
+    path = llama_server_path(cache_dir, portable=_needs_portable(cache_dir))
+    return path if _is_executable(path) else None
+
+
+def ensure_llama_server(
+    cache_dir: str | os.PathLike[str] | None = None, *, portable: bool | None = None, progress: bool = True
+) -> Path:
+    """Return the binary this machine should run (see :func:`find_llama_server`), building it if needed.
+
+    Args:
+        cache_dir: Cache root; ``None`` means :func:`~glimp_graph.serving.default_cache_dir`.
+        portable: ``True`` or ``False`` forces that build; ``None`` picks the default build unless it crashed
+            on this CPU before.
+        progress: Show a progress bar while building.
+
+    Returns:
+        Path of the executable.
+
+    Raises:
+        ServingError: The build failed (see :func:`build_llama_server`).
+
+    """
+    if portable is None:
+        portable = _needs_portable(cache_dir)
+    return build_llama_server(cache_dir, portable=portable, progress=progress)
 
 
 def _find_cmake() -> str:
@@ -261,7 +373,7 @@ def _run_logged(cmd: list[str], log: TextIO, *, bar: Any = None, cwd: Path | Non
 def build_llama_server(
     cache_dir: str | os.PathLike[str] | None = None,
     *,
-    native: bool = True,
+    portable: bool = False,
     progress: bool = True,
     jobs: int | None = None,
 ) -> Path:
@@ -274,7 +386,7 @@ def build_llama_server(
 
     Args:
         cache_dir: Cache root; ``None`` means :func:`~glimp_graph.serving.default_cache_dir`.
-        native: Optimise for this CPU (``GGML_NATIVE=ON``); ``False`` builds a portable binary.
+        portable: Build the portable binary instead of the default one (see :func:`cmake_flags`).
         progress: Show a tqdm progress bar driven by the build's ``[ NN%]`` lines.
         jobs: Parallel compile jobs; ``None`` means ``os.cpu_count()``.
 
@@ -287,18 +399,18 @@ def build_llama_server(
 
     """
     root = resolve_cache_dir(cache_dir)
-    target = llama_server_path(root, native=native)
+    target = llama_server_path(root, portable=portable)
     if _is_executable(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(root / "bin" / ".llama-server-build.lock"):
         if _is_executable(target):
             return target
-        _build(root, target, native=native, progress=progress, jobs=jobs or os.cpu_count() or 1)
+        _build(root, target, portable=portable, progress=progress, jobs=jobs or os.cpu_count() or 1)
     return target
 
 
-def _build(root: Path, target: Path, *, native: bool, progress: bool, jobs: int) -> None:
+def _build(root: Path, target: Path, *, portable: bool, progress: bool, jobs: int) -> None:
     from tqdm.auto import tqdm
 
     cmake = _find_cmake()
@@ -311,7 +423,12 @@ def _build(root: Path, target: Path, *, native: bool, progress: bool, jobs: int)
     try:
         with (
             open(log_path, "w", encoding="utf-8") as log,
-            tqdm(total=100, desc="build llama-server", unit="%", disable=not progress) as bar,
+            tqdm(
+                total=100,
+                desc="build llama-server" + (" (portable)" if portable else ""),
+                unit="%",
+                disable=not progress,
+            ) as bar,
         ):
             source = _extract_llama_cpp(sdist, build_root / "src")
             build_dir = build_root / "build"
@@ -322,7 +439,7 @@ def _build(root: Path, target: Path, *, native: bool, progress: bool, jobs: int)
                 "-B",
                 str(build_dir),
                 *generator,
-                *cmake_flags(native=native),
+                *cmake_flags(portable=portable),
             ]
             rc = _run_logged(configure, log)
             if rc == 0:

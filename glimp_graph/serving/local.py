@@ -9,7 +9,6 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
 
-from glimp_graph.serving.llama_server import build_llama_server, find_llama_server
 from glimp_graph.serving.process import LlamaServer
 from glimp_graph.serving.weights import ModelSpec, fetch_model, get_spec
 
@@ -24,7 +23,8 @@ class LocalModels:
     """Context manager that serves a small and a large model on loopback for the duration of a block.
 
     On entry it fetches both weights (see :func:`~glimp_graph.serving.fetch_model`), finds or builds
-    ``llama-server`` (see :func:`~glimp_graph.serving.build_llama_server`) and starts one server per model
+    ``llama-server`` (see :func:`~glimp_graph.serving.ensure_llama_server`; a build that dies by SIGILL on this
+    CPU is replaced by a portable one, once) and starts one server per model
     (the same model for both gives two processes). On exit, or when the second start fails, every started
     server is stopped. Entered from the main thread, it also turns SIGTERM into :class:`SystemExit` inside
     the block so that ``finally`` clauses (and the shutdown of the servers) run; the previous handler is
@@ -61,7 +61,7 @@ class LocalModels:
             progress: Show progress bars while fetching and building.
             threads: CPU threads per server.
             ctx_size: Context size in tokens per server.
-            binary: An existing ``llama-server`` to use instead of the cached or built one.
+            binary: An existing ``llama-server`` to use instead of the cached or built one (no fallback).
             ready_timeout: Seconds each server may take to become ready.
 
         Raises:
@@ -111,23 +111,19 @@ class LocalModels:
         try:
             small_path = fetch_model(self._small_spec, self._cache_dir, progress=self._progress)
             large_path = fetch_model(self._large_spec, self._cache_dir, progress=self._progress)
-            binary = (
-                self._binary
-                or find_llama_server(self._cache_dir)
-                or build_llama_server(self._cache_dir, progress=self._progress)
-            )
-            self._small = self._start(small_path, self._small_spec.alias, binary)
-            self._large = self._start(large_path, self._large_spec.alias, binary)
+            self._small = self._start(small_path, self._small_spec.alias)
+            self._large = self._start(large_path, self._large_spec.alias)
         except BaseException:
             self._shutdown()
             raise
         return self
 
-    def _start(self, model_path: Path, alias: str, binary: Path) -> LlamaServer:
+    def _start(self, model_path: Path, alias: str) -> LlamaServer:
         return LlamaServer.start(
             model_path,
             alias=alias,
-            binary=binary,
+            binary=self._binary,
+            progress=self._progress,
             ctx_size=self._ctx_size,
             threads=self._threads,
             ready_timeout=self._ready_timeout,

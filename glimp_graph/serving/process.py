@@ -24,7 +24,14 @@ from types import TracebackType
 from typing import IO, ClassVar, Self
 
 from glimp_graph.serving._paths import resolve_cache_dir, tail
-from glimp_graph.serving.errors import ServingError
+from glimp_graph.serving.errors import ServerCrashedError, ServingError
+from glimp_graph.serving.llama_server import (
+    CRASH_SIGNALS,
+    ensure_llama_server,
+    llama_server_path,
+    logger,
+    record_crash,
+)
 
 __all__ = ["LlamaServer", "ManagedServer", "stop_all"]
 
@@ -203,10 +210,14 @@ class ManagedServer:
         while True:
             code = self._process.poll()
             if code is not None:
-                raise ServingError(
-                    f"{self.label} for {self._alias!r} exited with code {code} before it was ready; "
-                    f"log {self._log_path}:\n{tail(self._log_path, 30)}"
-                )
+                how = f"exited with code {code}"
+                if code < 0:
+                    how = f"was killed by {_signal_name(-code)} (exit code {code})"
+                message = f"{self.label} for {self._alias!r} {how} before it was ready; "
+                message += f"log {self._log_path}:\n{tail(self._log_path, 30)}"
+                if code < 0:
+                    raise ServerCrashedError(message, signal=-code)
+                raise ServingError(message)
             try:
                 with opener.open(url, timeout=1.0) as response:
                     if response.status == 200:
@@ -259,6 +270,11 @@ class ManagedServer:
     def running(self) -> bool:
         """Whether the process is still alive."""
         return self._process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The process's exit status (``-N``: killed by signal N), or ``None`` while it runs."""
+        return self._process.poll()
 
     def _signal(self, sig: int) -> None:
         """Send ``sig`` to the server (subclasses may signal its whole process group)."""
@@ -328,7 +344,7 @@ class LlamaServer(ManagedServer):
         model_path: str | os.PathLike[str],
         *,
         alias: str,
-        binary: str | os.PathLike[str],
+        binary: str | os.PathLike[str] | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
         ctx_size: int = 4096,
@@ -338,6 +354,7 @@ class LlamaServer(ManagedServer):
         log_path: str | os.PathLike[str] | None = None,
         ready_timeout: float = 120.0,
         cache_dir: str | os.PathLike[str] | None = None,
+        progress: bool = True,
     ) -> LlamaServer:
         """Start ``llama-server`` for one model and wait until ``GET /health`` answers 200.
 
@@ -348,7 +365,11 @@ class LlamaServer(ManagedServer):
         Args:
             model_path: The GGUF file to serve.
             alias: Model name the server reports and accepts (the client's ``model``).
-            binary: The ``llama-server`` executable.
+            binary: The ``llama-server`` executable; ``None`` means the cached build for this machine (built on
+                first use, see :func:`~glimp_graph.serving.ensure_llama_server`). If that build dies by a crash
+                signal (SIGILL: an instruction this CPU or its kernel refuses) before it is ready, a portable
+                build is made once, the reason is logged in one line (logger ``glimp_graph.serving``), and the
+                server is started again with it; the portable build is used on this CPU from then on.
             host: Loopback address to listen on; anything else is refused.
             port: TCP port, or ``None`` for a free one.
             ctx_size: Context size in tokens (shared by all slots).
@@ -357,7 +378,8 @@ class LlamaServer(ManagedServer):
             extra_args: More command-line arguments, appended last.
             log_path: Log file (overwritten); ``None`` means a new file under ``<cache_dir>/logs``.
             ready_timeout: Seconds to wait for the health check before giving up.
-            cache_dir: Cache root for the default log file; ``None`` means the default cache.
+            cache_dir: Cache root for the binary and the default log file; ``None`` means the default cache.
+            progress: Show a progress bar if the binary has to be built.
 
         Returns:
             The running server.
@@ -371,14 +393,13 @@ class LlamaServer(ManagedServer):
         """
         _check_loopback(host)
         model = Path(model_path)
-        exe = Path(binary)
         if not model.is_file():
             raise FileNotFoundError(f"model file not found: {model}")
-        if not exe.is_file():
-            raise FileNotFoundError(f"llama-server binary not found: {exe}")
+        if binary is not None and not Path(binary).is_file():
+            raise FileNotFoundError(f"llama-server binary not found: {binary}")
         log = cls._new_log(log_path, cache_dir, f"llama-server-{_safe(alias)}-")
 
-        def command(chosen: int) -> list[str]:
+        def command(exe: Path, chosen: int) -> list[str]:
             return [
                 str(exe),
                 "-m",
@@ -399,9 +420,40 @@ class LlamaServer(ManagedServer):
                 *extra_args,
             ]
 
-        return cls._launch(
-            command, host=host, port=port, alias=alias, model_path=model, log=log, ready_timeout=ready_timeout
-        )
+        def launch(exe: Path) -> LlamaServer:
+            return cls._launch(
+                lambda chosen: command(exe, chosen),
+                host=host,
+                port=port,
+                alias=alias,
+                model_path=model,
+                log=log,
+                ready_timeout=ready_timeout,
+            )
+
+        if binary is not None:
+            return launch(Path(binary))
+        exe = ensure_llama_server(cache_dir, progress=progress)
+        try:
+            return launch(exe)
+        except ServerCrashedError as exc:
+            if exc.signal not in CRASH_SIGNALS or exe == llama_server_path(cache_dir, portable=True):
+                raise
+            reason = (
+                f"llama-server built for this CPU was killed by {_signal_name(exc.signal)} before it was ready "
+                "(an instruction this machine refuses); building a portable llama-server once and using it "
+                "from now on"
+            )
+        logger.warning(reason)
+        record_crash(cache_dir, reason)
+        return launch(ensure_llama_server(cache_dir, portable=True, progress=progress))
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _safe(text: str) -> str:

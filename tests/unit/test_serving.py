@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -20,10 +21,12 @@ from glimp_graph.serving import (
     LlamaServer,
     LocalModels,
     ModelSpec,
+    ServerCrashedError,
     ServingError,
     WeightsError,
     build_llama_server,
     default_cache_dir,
+    ensure_llama_server,
     fetch_model,
     find_llama_server,
     llama_server_path,
@@ -31,6 +34,7 @@ from glimp_graph.serving import (
 from glimp_graph.serving import llama_server as llama_server_module
 from glimp_graph.serving import process as process_module
 from glimp_graph.serving import weights as weights_module
+from glimp_graph.serving.llama_server import cmake_flags
 
 # --------------------------------------------------------------------------- weights
 
@@ -172,15 +176,50 @@ def test_unknown_model_name() -> None:
 
 
 def test_binary_path_is_keyed_and_found(tmp_path: Path) -> None:
-    native, portable = llama_server_path(tmp_path), llama_server_path(tmp_path, native=False)
-    assert native != portable and native.parent == tmp_path / "bin"
-    assert native.name.startswith("llama-server-0.3.36-")
+    default, portable = llama_server_path(tmp_path), llama_server_path(tmp_path, portable=True)
+    assert default != portable and default.parent == tmp_path / "bin"
+    assert default.name.startswith("llama-server-0.3.36-") and portable.name.endswith("-portable")
     assert find_llama_server(tmp_path) is None
     portable.parent.mkdir(parents=True)
     portable.write_text("#!/bin/sh\n")
     portable.chmod(0o755)
-    assert find_llama_server(tmp_path) == portable
-    assert build_llama_server(tmp_path, native=False, progress=False) == portable  # cached: no build
+    assert find_llama_server(tmp_path) is None  # a portable binary is not used unless the default one crashed
+    assert build_llama_server(tmp_path, portable=True, progress=False) == portable  # cached: no build
+
+
+X86_SPR = "sse4_2 avx avx2 bmi2 fma f16c avx512f avx512cd avx512vl avx512dq avx512bw avx512_vnni amx_tile amx_int8"
+
+
+def test_default_x86_build_names_the_kernels_features_and_never_amx() -> None:
+    flags = cmake_flags(features=X86_SPR.split(), machine="x86_64")
+    assert "-DGGML_NATIVE=OFF" in flags  # no -march=native: it switches on AMX kernels that die with SIGILL
+    for on in ("AVX", "AVX2", "FMA", "F16C", "AVX512", "AVX512_VNNI"):
+        assert f"-DGGML_{on}=ON" in flags
+    for off in ("AMX_TILE", "AMX_INT8", "AMX_BF16", "AVX512_BF16", "AVX512_VBMI", "AVX_VNNI"):
+        assert f"-DGGML_{off}=OFF" in flags
+    # AVX512 needs all five base flags: one missing keeps it off (and its extensions with it)
+    partial = cmake_flags(features=[f for f in X86_SPR.split() if f != "avx512bw"], machine="x86_64")
+    assert "-DGGML_AVX512=OFF" in partial and "-DGGML_AVX2=ON" in partial
+    old_cpu = cmake_flags(features=["sse4_2"], machine="x86_64")
+    assert "-DGGML_AVX=OFF" in old_cpu and "-DGGML_AVX2=OFF" in old_cpu and "-DGGML_SSE42=ON" in old_cpu
+
+
+def test_portable_build_has_no_extension_and_other_arches_stay_native() -> None:
+    portable = cmake_flags(portable=True, features=X86_SPR.split(), machine="x86_64")
+    assert "-DGGML_NATIVE=OFF" in portable
+    assert not [flag for flag in portable if flag.startswith("-DGGML_") and flag.endswith("=ON")]
+    assert "-DGGML_NATIVE=ON" in cmake_flags(machine="aarch64")
+    assert "-DGGML_NATIVE=OFF" in cmake_flags(portable=True, machine="aarch64")
+
+
+def test_two_cpus_sharing_a_cache_get_different_binaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    amd = {"model name": "AMD EPYC", "flags": "sse4_2 avx avx2 fma f16c avx512f"}
+    intel = {"model name": "Intel(R) Xeon(R) Platinum 8480+", "flags": X86_SPR}
+    paths = {}
+    for name, info in (("amd", amd), ("intel", intel)):
+        monkeypatch.setattr(llama_server_module, "_cpuinfo", lambda info=info: info)
+        paths[name] = (llama_server_path(tmp_path), llama_server_path(tmp_path, portable=True))
+    assert len({*paths["amd"], *paths["intel"]}) == 4
 
 
 def test_build_without_cmake_says_pip_install_cmake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -369,6 +408,94 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path, model_file: P
     server = LlamaServer.start(model_file, alias="s", binary=binary, cache_dir=tmp_path, ready_timeout=10)
     server.stop(timeout=0.2)
     assert not _alive(server.pid)
+
+
+def _default_build_that_dies(cache: Path, runs: Path, body: str) -> Path:
+    """Put a fake default build for this CPU into ``cache``: it logs a line, counts its runs, then ``body``."""
+    default = llama_server_path(cache)
+    default.parent.mkdir(parents=True, exist_ok=True)
+    default.write_text(f"#!/bin/sh\necho run >> {runs}\necho 'load_tensors: loading model'\n{body}\n")
+    default.chmod(0o755)
+    return default
+
+
+@pytest.fixture
+def fake_builds(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Replace the real (minutes long) build by one that installs the fake server; records ``portable``."""
+    builds: list[bool] = []
+
+    def fake_build(root: Path, target: Path, *, portable: bool, progress: bool, jobs: int) -> None:
+        builds.append(portable)
+        target.write_text(FAKE_SERVER.format(python=sys.executable))
+        target.chmod(0o755)
+
+    monkeypatch.setattr(llama_server_module, "_build", fake_build)
+    return builds
+
+
+def test_a_build_killed_by_sigill_is_rebuilt_portable_once_and_the_user_is_told(
+    tmp_path: Path, model_file: Path, fake_builds: list[bool], caplog: pytest.LogCaptureFixture
+) -> None:
+    cache, runs = tmp_path / "cache", tmp_path / "default-runs"
+    _default_build_that_dies(cache, runs, "kill -ILL $$")
+    portable = llama_server_path(cache, portable=True)
+    with caplog.at_level(logging.WARNING, logger="glimp_graph.serving"):
+        server = LlamaServer.start(model_file, alias="tiny", cache_dir=cache, ready_timeout=9, progress=False)
+    with server:
+        assert server.running
+        assert server.log_path.read_text().splitlines()[0].startswith(f"$ {portable} -m ")
+    assert fake_builds == [True]
+    told = [r.getMessage() for r in caplog.records if r.name == "glimp_graph.serving"]
+    assert len(told) == 1 and "\n" not in told[0]
+    assert "killed by SIGILL" in told[0] and "portable" in told[0]
+    # from now on this CPU runs the portable build: the default one is not tried again, nothing is rebuilt
+    assert find_llama_server(cache) == portable and ensure_llama_server(cache, progress=False) == portable
+    with LlamaServer.start(model_file, alias="tiny", cache_dir=cache, ready_timeout=9, progress=False) as again:
+        assert again.running
+    assert runs.read_text().count("run") == 1 and fake_builds == [True]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [("exit 1", "exited with code 1"), ("kill -KILL $$", "killed by SIGKILL")],
+    ids=["exit-code", "sigkill-from-outside"],
+)
+def test_other_startup_deaths_are_reported_not_rebuilt(
+    tmp_path: Path, model_file: Path, fake_builds: list[bool], body: str, message: str
+) -> None:
+    cache, runs = tmp_path / "cache", tmp_path / "default-runs"
+    _default_build_that_dies(cache, runs, body)
+    with pytest.raises(ServingError, match=message):
+        LlamaServer.start(model_file, alias="tiny", cache_dir=cache, ready_timeout=9, progress=False)
+    assert fake_builds == [] and find_llama_server(cache) == llama_server_path(cache)
+
+
+def test_a_given_binary_killed_by_sigill_is_reported_not_replaced(
+    tmp_path: Path, model_file: Path, fake_builds: list[bool]
+) -> None:
+    binary = _script(tmp_path, "mine", "#!/bin/sh\nkill -ILL $$\n")
+    with pytest.raises(ServerCrashedError, match="killed by SIGILL") as info:
+        LlamaServer.start(model_file, alias="tiny", binary=binary, cache_dir=tmp_path, ready_timeout=9)
+    assert info.value.signal == signal.SIGILL and fake_builds == []
+
+
+def test_glimp_fetch_portable_forces_the_portable_build(
+    tmp_path: Path, model_file: Path, fake_builds: list[bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    import glimp_graph.serving as serving
+    from glimp_graph.cli import main
+
+    monkeypatch.setattr(serving, "fetch_model", lambda name, cache_dir: model_file)
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(main, ["fetch", "--portable", "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    assert fake_builds == [True]
+    assert f"llama-server: {llama_server_path(cache, portable=True)}" in result.output
+    result = CliRunner().invoke(main, ["fetch", "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    assert fake_builds == [True, False]  # without the flag: the default build for this CPU
 
 
 # --------------------------------------------------------------------------- LocalModels
