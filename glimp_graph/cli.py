@@ -8,20 +8,35 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
+import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from glimp_graph.cli_options import LOCAL_LARGE, LOCAL_SMALL, _endpoint_options, _endpoints, _tau
+from glimp_graph.cli_options import (
+    LOCAL_LARGE,
+    LOCAL_SMALL,
+    GlimpGroup,
+    _config,
+    _endpoint_options,
+    _endpoints,
+    _json_object_option,
+    _local_model_option,
+    _memory_split_option,
+    _tau,
+    _tau_option,
+    _with_option_names,
+)
 from glimp_graph.cli_serve_router import serve_router
-from glimp_graph.config import GlimpConfig
-from glimp_graph.errors import GlimpError
 from glimp_graph.graph import create_glimp_graph
 
+if TYPE_CHECKING:
+    from glimp_graph.eval import Problem
+    from glimp_graph.serving.process import ManagedServer
 
-@click.group()
+
+@click.group(cls=GlimpGroup)
 @click.version_option(package_name="glimp-graph")
 def main() -> None:
     """GlimpRouter: a small model glimps one token per reasoning step; its entropy routes the step."""
@@ -31,8 +46,12 @@ def _print_event(event: dict[str, Any]) -> None:
     if event.get("type") == "step":
         colour = "green" if event["model"] == "small" else "magenta"
         head = click.style(f"[{event['index']:>3}] {event['model']:<5}", fg=colour, bold=True)
-        sign = "<=" if event["model"] == "small" else "> "
-        click.echo(f"{head} H={event['h_init']:.2f} {sign} tau={event['tau']:.2f} | {event['text'].strip()}")
+        if event.get("h_init") is None:  # no probe: the small model is down (or the scorer has no entropy)
+            routed = "H=  -- (small model down)" if event.get("note") else "H=  --"
+        else:
+            sign = "<=" if event["model"] == "small" else "> "
+            routed = f"H={event['h_init']:.2f} {sign} tau={event['tau']:.2f}"
+        click.echo(f"{head} {routed} | {event['text'].strip()}")
         if event.get("stop_reason"):
             click.echo(click.style(f"      reasoning ended: {event['stop_reason']}", dim=True))
 
@@ -40,9 +59,16 @@ def _print_event(event: dict[str, Any]) -> None:
 @main.command()
 @click.argument("question")
 @_endpoint_options
-@click.option("--tau", type=str, default="1.0", show_default=True, help="Entropy threshold in nats (inf, -inf ok).")
+@click.option(
+    "--tau",
+    default="1.0",
+    show_default=True,
+    callback=_tau_option,
+    help="Entropy threshold in nats (inf, -inf ok).",
+)
 @click.option("--top-k", default=20, show_default=True, help="Log-probabilities per probe (-1: whole vocabulary).")
 @click.option("--estimator", default="renormalized", show_default=True, help="renormalized, lower, upper or exact.")
+@click.option("--vocab-size", type=int, help="The small model's vocabulary size (the upper estimator needs it).")
 @click.option("--prompt", default="steps", show_default=True, help="Prompt preset: steps (instruct models) or r1.")
 @click.option("--max-step-tokens", default=256, show_default=True)
 @click.option("--max-thinking-tokens", default=2048, show_default=True)
@@ -51,9 +77,10 @@ def _print_event(event: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the step log.")
 def ask(
     question: str,
-    tau: str,
+    tau: float,
     top_k: int,
     estimator: str,
+    vocab_size: int | None,
     prompt: str,
     max_step_tokens: int,
     max_thinking_tokens: int,
@@ -67,31 +94,25 @@ def ask(
     With no URLs, the local default pair (Qwen2.5-Coder 0.5B small, 1.5B large) is fetched, served by
     llama.cpp's server on 127.0.0.1 and stopped afterwards.
     """
-    try:
-        config = GlimpConfig(
-            tau=_tau(tau),
-            top_k=top_k,
-            estimator=estimator,
-            prompt=prompt,
-            max_step_tokens=max_step_tokens,
-            max_thinking_tokens=max_thinking_tokens,
-            max_steps=max_steps,
-            final_max_tokens=final_max_tokens,
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    try:
-        with _endpoints(**endpoint_args) as (small, large):
-            graph = create_glimp_graph(small, large, config=config)
-            result: dict[str, Any] = {}
-            for mode, chunk in graph.stream({"question": question}, stream_mode=["custom", "values"]):
-                if mode == "custom" and not as_json:
-                    _print_event(chunk)
-                elif mode == "values":
-                    result = chunk
-    except GlimpError as exc:
-        click.echo(click.style(f"error: {exc}", fg="red"), err=True)
-        sys.exit(1)
+    config = _config(
+        tau=tau,
+        top_k=top_k,
+        estimator=estimator,
+        vocab_size=vocab_size,
+        prompt=prompt,
+        max_step_tokens=max_step_tokens,
+        max_thinking_tokens=max_thinking_tokens,
+        max_steps=max_steps,
+        final_max_tokens=final_max_tokens,
+    )
+    with _endpoints(**endpoint_args) as (small, large):
+        graph = create_glimp_graph(small, large, config=config)
+        result: dict[str, Any] = {}
+        for mode, chunk in graph.stream({"question": question}, stream_mode=["custom", "values"]):
+            if mode == "custom" and not as_json:
+                _print_event(chunk)
+            elif mode == "values":
+                result = chunk
     stats = result["glimp_stats"]
     if as_json:
         out = {
@@ -109,16 +130,59 @@ def ask(
         f"probes {stats.probes} in {stats.probe_seconds:.2f} s; wall {stats.wall_seconds:.1f} s; "
         f"stopped: {stats.stop_reason}"
     )
+    if stats.small_failure:
+        click.echo(click.style(f"fallback: {stats.small_failure}", fg="yellow"))
 
 
-def _thresholds(values: tuple[str, ...]) -> dict[str, list[float]]:
+def _thresholds_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, list[float]]:
+    """Click callback: ``--threshold STRATEGY=T1,T2`` (repeated) as ``{strategy: [t1, t2]}``."""
     out: dict[str, list[float]] = {}
     for value in values:
         name, _, numbers = value.partition("=")
         if not numbers:
-            raise click.BadParameter(f"expected STRATEGY=T1,T2,..., got {value!r}")
+            raise click.BadParameter(f"expected STRATEGY=T1,T2,... such as glimp=0.6,0.8, got {value!r}")
         out[name] = [_tau(n) for n in numbers.split(",")]
     return out
+
+
+def _strategies_option(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    """Click callback: comma-separated names of :data:`~glimp_graph.eval.STRATEGIES`."""
+    from glimp_graph.eval import STRATEGIES
+
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown or not names:
+        shown = ", ".join(repr(n) for n in unknown) or repr(value)
+        raise click.BadParameter(f"unknown strategies {shown}; choose from {', '.join(sorted(STRATEGIES))}")
+    return names
+
+
+def _scorer_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Click callback: a scorer name, or a strategy that routes with its own scorer (``glimp-4``)."""
+    from glimp_graph.eval import STRATEGIES
+    from glimp_graph.scorers import SCORERS
+
+    known = set(SCORERS) | {name for name, s in STRATEGIES.items() if s.scorer != "fixed"}
+    if value not in known:
+        raise click.BadParameter(f"unknown scorer {value!r}; choose from {', '.join(sorted(known))}")
+    return value
+
+
+def _problems(dataset: Path, start: int, limit: int | None, start_option: str = "--start") -> list[Problem]:
+    """The problems of ``--dataset`` from ``start``; a malformed file or an empty range is a usage error."""
+    from glimp_graph.eval import load_problems
+
+    try:
+        problems = load_problems(dataset, start=start, limit=limit)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--dataset'") from None
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"{dataset} is not UTF-8 text ({exc.reason})", param_hint="'--dataset'") from None
+    if not problems:
+        raise click.BadParameter(
+            f"{dataset} has no problems from index {start}; lower {start_option}", param_hint=f"'{start_option}'"
+        )
+    return problems
 
 
 def _budget_options(fn: Any) -> Any:
@@ -136,17 +200,24 @@ def _budget_options(fn: Any) -> Any:
 
 @main.command(name="eval")
 @click.option("--dataset", "dataset", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--start", default=0, show_default=True, help="First problem (0-based).")
-@click.option("--limit", type=int, help="Number of problems [default: all].")
+@click.option("--start", default=0, show_default=True, type=click.IntRange(min=0), help="First problem (0-based).")
+@click.option("--limit", type=click.IntRange(min=1), help="Number of problems [default: all].")
 @click.option(
     "--strategies",
     default="glimp,small-only,large-only,random,step-entropy,step-perplexity,specreason",
     show_default=True,
+    callback=_strategies_option,
     help="Comma-separated strategies.",
 )
-@click.option("--threshold", "thresholds", multiple=True, help="STRATEGY=T1,T2 (a grid); repeatable.")
+@click.option(
+    "--threshold",
+    "thresholds",
+    multiple=True,
+    callback=_thresholds_option,
+    help="STRATEGY=T1,T2 (a grid); repeatable.",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Results JSONL (resumed).")
-@click.option("--concurrency", default=1, show_default=True, help="Runs in flight at once.")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(min=1), help="Runs in flight at once.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random strategy.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write a Markdown summary here.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), help="Write figures into this folder.")
@@ -156,8 +227,8 @@ def eval_(
     dataset: Path,
     start: int,
     limit: int | None,
-    strategies: str,
-    thresholds: tuple[str, ...],
+    strategies: list[str],
+    thresholds: dict[str, list[float]],
     out: Path,
     concurrency: int,
     seed: int,
@@ -173,15 +244,15 @@ def eval_(
     """Run strategies x thresholds over a JSONL problem set; results are appended to --out (resumable)."""
     import asyncio
 
-    from glimp_graph.eval import STRATEGIES, Job, load_problems, load_records, markdown_table, run_eval, summarize
+    from glimp_graph.eval import Job, load_records, markdown_table, run_eval, summarize
 
-    names = [n.strip() for n in strategies.split(",") if n.strip()]
-    unknown = [n for n in names if n not in STRATEGIES]
-    if unknown:
-        raise click.BadParameter(f"unknown strategies {unknown}; choose from {sorted(STRATEGIES)}")
-    grid = _thresholds(thresholds)
-    jobs = [Job(n, t) for n in names for t in (grid.get(n) or [None])]
-    problems = load_problems(dataset, start=start, limit=limit)
+    stray = [name for name in thresholds if name not in strategies]
+    if stray:
+        raise click.BadParameter(
+            f"{', '.join(map(repr, stray))} is not among --strategies {','.join(strategies)}; add it there",
+            param_hint="'--threshold'",
+        )
+    jobs = [Job(n, t) for n in strategies for t in (thresholds.get(n) or [None])]
     base = {
         "prompt": prompt,
         "max_step_tokens": max_step_tokens,
@@ -189,6 +260,8 @@ def eval_(
         "max_steps": max_steps,
         "final_max_tokens": final_max_tokens,
     }
+    _config(**base)
+    problems = _problems(dataset, start, limit)
     with _endpoints(**endpoint_args) as (small, large):
         asyncio.run(run_eval(small, large, problems, jobs, out, base_config=base, concurrency=concurrency, seed=seed))
     rows = summarize(load_records(out))
@@ -208,17 +281,25 @@ def eval_(
 
 @main.command()
 @click.option("--dataset", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--start", default=0, show_default=True)
-@click.option("--limit", default=20, show_default=True, help="Calibration problems.")
+@click.option("--start", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="Calibration problems.")
 @click.option(
     "--scorer",
     default="glimp",
     show_default=True,
+    callback=_scorer_option,
     help="A scorer (glimp, step-entropy, step-perplexity, specreason, random) or a routed strategy (glimp-4).",
 )
-@click.option("--target-large-share", default=0.25, show_default=True)
-@click.option("--holdout-start", type=int, help="First held-out problem, to check the share tau gives.")
-@click.option("--holdout-limit", default=10, show_default=True)
+@click.option(
+    "--target-large-share",
+    default=0.25,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+)
+@click.option(
+    "--holdout-start", type=click.IntRange(min=0), help="First held-out problem, to check the share tau gives."
+)
+@click.option("--holdout-limit", default=10, show_default=True, type=click.IntRange(min=1))
 @_endpoint_options
 @_budget_options
 def calibrate(
@@ -240,7 +321,6 @@ def calibrate(
     import asyncio
 
     from glimp_graph.eval import calibrate as run_calibration
-    from glimp_graph.eval import load_problems
     from glimp_graph.eval.strategies import resolve_scorer
 
     base = {
@@ -250,7 +330,9 @@ def calibrate(
         "max_steps": max_steps,
         "final_max_tokens": final_max_tokens,
     }
-    problems = load_problems(dataset, start=start, limit=limit)
+    _config(**base)
+    problems = _problems(dataset, start, limit)
+    held = _problems(dataset, holdout_start, holdout_limit, "--holdout-start") if holdout_start is not None else []
     chosen = resolve_scorer(scorer)
     with _endpoints(**endpoint_args) as (small, large):
         result = asyncio.run(
@@ -268,8 +350,7 @@ def calibrate(
             f"{scorer}: tau={result.tau:.4f} for a large-step share of {target_large_share:.0%} "
             f"({len(result.scores)} steps of {result.problems} problems)"
         )
-        if holdout_start is not None:
-            held = load_problems(dataset, start=holdout_start, limit=holdout_limit)
+        if held:
             graph = create_glimp_graph(small, large, config={**base, "scorer": chosen, "tau": result.tau})
             outs = [graph.invoke({"question": p.question}) for p in held]
             steps = sum(o["glimp_stats"].steps for o in outs)
@@ -297,8 +378,8 @@ def _histogram(scores: list[float], bins: int = 12, width: int = 40) -> str:
     show_default=True,
     help="llama.cpp: serve the local pair here; vllm: print the `vllm serve` commands for a GPU machine.",
 )
-@click.option("--local-small", default=LOCAL_SMALL, show_default=True)
-@click.option("--local-large", default=LOCAL_LARGE, show_default=True)
+@click.option("--local-small", default=LOCAL_SMALL, show_default=True, callback=_local_model_option)
+@click.option("--local-large", default=LOCAL_LARGE, show_default=True, callback=_local_model_option)
 @click.option("--cache-dir", envvar="GLIMP_CACHE_DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--ctx-size", default=8192, show_default=True)
 @click.option("--small-model", default="Qwen/Qwen3-4B", show_default=True, help="vllm: the small model.")
@@ -308,11 +389,31 @@ def _histogram(scores: list[float], bins: int = 12, width: int = 40) -> str:
     show_default=True,
     help="vllm: the large model.",
 )
-@click.option("--gpus", default=1, show_default=True, help="vllm: 1 = both models share GPU 0; >= 2 = a GPU each.")
-@click.option("--tensor-parallel", default=1, show_default=True, help="vllm: GPUs for the large model.")
-@click.option("--memory-split", default="0.25,0.65", show_default=True, help="vllm, one GPU: memory fractions.")
+@click.option(
+    "--gpus",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="vllm: 1 = both models share GPU 0; >= 2 = a GPU each.",
+)
+@click.option(
+    "--tensor-parallel",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="vllm: GPUs for the large model.",
+)
+@click.option(
+    "--memory-split",
+    default="0.25,0.65",
+    show_default=True,
+    callback=_memory_split_option,
+    help="vllm, one GPU: memory fractions.",
+)
 @click.option("--max-logprobs", default=20, show_default=True, help="vllm: the small server's --max-logprobs.")
-@click.option("--speculative-config", help="vllm: JSON for the large model's --speculative-config.")
+@click.option(
+    "--speculative-config", callback=_json_object_option, help="vllm: JSON for the large model's --speculative-config."
+)
 def serve(
     backend: str,
     local_small: str,
@@ -323,33 +424,36 @@ def serve(
     large_model: str,
     gpus: int,
     tensor_parallel: int,
-    memory_split: str,
+    memory_split: tuple[float, float],
     max_logprobs: int,
-    speculative_config: str | None,
+    speculative_config: dict[str, Any] | None,
 ) -> None:
-    """Serve the two models: the local pair on 127.0.0.1 (until Ctrl-C), or print vLLM's commands for GPUs."""
+    """Serve the two models: the local pair on 127.0.0.1 (until Ctrl-C), or print vLLM's commands for GPUs.
+
+    If one local server dies, the other is stopped and the command exits 1, naming the server, how it ended and
+    the last lines of its log.
+    """
     if backend == "vllm":
         from glimp_graph.serving import vllm_commands
 
         try:
-            split = tuple(float(x) for x in memory_split.split(","))
-            spec = json.loads(speculative_config) if speculative_config else None
             lines = vllm_commands(
                 small_model,
                 large_model,
                 gpus=gpus,
-                gpu_memory_split=split,  # type: ignore[arg-type]
+                gpu_memory_split=memory_split,
                 tensor_parallel=tensor_parallel,
-                speculative_config=spec,
+                speculative_config=speculative_config,
                 max_logprobs=max_logprobs,
             )
         except (ValueError, TypeError) as exc:
-            raise click.UsageError(str(exc)) from None
+            message = _with_option_names(str(exc), ["gpus", "max_logprobs", "tensor_parallel", "speculative_config"])
+            raise click.UsageError(message.replace("gpu_memory_split", "--memory-split")) from None
         click.echo("\n".join(lines))
         return
     import time
 
-    from glimp_graph.serving import LocalModels
+    from glimp_graph.serving import LocalModels, ServingError
 
     with LocalModels(small=local_small, large=local_large, cache_dir=cache_dir, ctx_size=ctx_size) as models:
         click.echo(f"export GLIMP_SMALL_URL={models.small.base_url} GLIMP_SMALL_MODEL={models.small.alias}")
@@ -358,20 +462,56 @@ def serve(
         with contextlib.suppress(KeyboardInterrupt):
             while models.small.running and models.large.running:
                 time.sleep(1)
+        servers = {"small": models.small, "large": models.large}
+        dead = [role for role, server in servers.items() if not server.running]
+        if dead:  # leaving the block stops the other server; the group prints the error and exits 1
+            raise ServingError(_server_died(servers, dead))
+
+
+def _server_died(servers: dict[str, ManagedServer], dead: list[str]) -> str:
+    """Which server of ``glimp serve`` died, how, and the last lines of its log (one message)."""
+    from glimp_graph.serving._paths import tail
+
+    parts = []
+    for role in dead:
+        server = servers[role]
+        code = server.returncode
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name} (exit code {code})"
+            except ValueError:
+                how = f"was killed by signal {-code} (exit code {code})"
+        else:
+            how = f"exited with code {code}"
+        parts.append(f"the {role} model's server ({server.alias}) {how}")
+    alive = [role for role in servers if role not in dead]
+    message = " and ".join(parts) + (f"; the {alive[0]} model's server was stopped" if alive else "")
+    for role in dead:
+        log = servers[role].log_path
+        lines = tail(log, 20)
+        quoted = "\n".join(f"  {line}" for line in lines.splitlines()) if lines else "  (empty)"
+        message += f"\nlast lines of the {role} model's server log {log}:\n{quoted}"
+    return message
 
 
 @main.command()
 @click.argument("models", nargs=-1)
 @click.option("--cache-dir", envvar="GLIMP_CACHE_DIR", type=click.Path(file_okay=False, path_type=Path))
-def fetch(models: tuple[str, ...], cache_dir: Path | None) -> None:
+@click.option(
+    "--portable",
+    is_flag=True,
+    help="Build llama-server with no CPU-specific instructions (it runs on any machine of this architecture; "
+    "slower). Without it the build names this CPU's features and falls back to portable by itself if it crashes.",
+)
+def fetch(models: tuple[str, ...], cache_dir: Path | None, portable: bool) -> None:
     """Fetch (and verify) model weights and build llama-server ahead of time."""
-    from glimp_graph.serving import MODELS, build_llama_server, fetch_model
+    from glimp_graph.serving import MODELS, ensure_llama_server, fetch_model
 
     for name in models or (LOCAL_SMALL, LOCAL_LARGE):
         if name not in MODELS:
             raise click.BadParameter(f"unknown model {name!r}; choose from {sorted(MODELS)}")
         click.echo(f"{name}: {fetch_model(name, cache_dir)}")
-    click.echo(f"llama-server: {build_llama_server(cache_dir)}")
+    click.echo(f"llama-server: {ensure_llama_server(cache_dir, portable=True if portable else None)}")
 
 
 main.add_command(serve_router)

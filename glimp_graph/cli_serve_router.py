@@ -9,8 +9,7 @@ from typing import Any
 import click
 from pydantic import SecretStr
 
-from glimp_graph.cli_options import _endpoint_options, _endpoints, _tau
-from glimp_graph.config import GlimpConfig
+from glimp_graph.cli_options import _config, _endpoint_options, _endpoints, _tau_option
 from glimp_graph.graph import create_glimp_graph
 
 
@@ -26,21 +25,35 @@ def _is_loopback(host: str) -> bool:
 @click.command(name="serve-router")
 @_endpoint_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--model-name", default="glimp-router", show_default=True, help="Model id the API reports.")
 @click.option(
     "--api-token",
     envvar="GLIMP_ROUTER_TOKEN",
     help="Require 'Authorization: Bearer TOKEN' (env GLIMP_ROUTER_TOKEN); needed to listen beyond loopback.",
 )
-@click.option("--tau", type=str, default="1.0", show_default=True, help="Entropy threshold in nats (inf, -inf ok).")
+@click.option(
+    "--tau",
+    default="1.0",
+    show_default=True,
+    callback=_tau_option,
+    help="Entropy threshold in nats (inf, -inf ok).",
+)
 @click.option("--prompt", default="steps", show_default=True, help="Prompt preset: steps or r1.")
 @click.option("--max-step-tokens", default=256, show_default=True)
 @click.option("--max-thinking-tokens", default=2048, show_default=True)
 @click.option("--max-steps", default=64, show_default=True)
 @click.option("--final-max-tokens", default=512, show_default=True, help="Default cap of the answer.")
-@click.option("--max-tokens-limit", default=4096, show_default=True, help="Largest max_tokens a request may ask.")
-@click.option("--max-body-bytes", default=1_000_000, show_default=True, help="Largest request body.")
+@click.option(
+    "--max-tokens-limit",
+    default=4096,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest max_tokens a request may ask.",
+)
+@click.option(
+    "--max-body-bytes", default=1_000_000, show_default=True, type=click.IntRange(min=1), help="Largest request body."
+)
 def serve_router(
     small_url: str | None,
     large_url: str | None,
@@ -55,7 +68,7 @@ def serve_router(
     port: int,
     model_name: str,
     api_token: str | None,
-    tau: str,
+    tau: float,
     prompt: str,
     max_step_tokens: int,
     max_thinking_tokens: int,
@@ -79,17 +92,14 @@ def serve_router(
     if not _is_loopback(host) and not api_token:
         raise click.UsageError(f"--host {host} is not a loopback address: set --api-token to expose the router")
     base: dict[str, Any] = {
-        "tau": _tau(tau),
+        "tau": tau,
         "prompt": prompt,
         "max_step_tokens": max_step_tokens,
         "max_thinking_tokens": max_thinking_tokens,
         "max_steps": max_steps,
         "final_max_tokens": final_max_tokens,
     }
-    try:
-        GlimpConfig(**base)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    _config(**base)
     with _endpoints(
         small_url, large_url, small_model, large_model, api_key, local_small, local_large, cache_dir, ctx_size
     ) as (small, large):

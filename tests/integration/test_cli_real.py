@@ -60,9 +60,19 @@ def test_ask_starts_local_models_answers_and_stops_them():
     assert _servers_with_ctx(3072) == []  # both servers are gone
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT at its default, whatever the test runner inherited (a background job
+    ignores it, and an ignored SIGINT would stay ignored in ``glimp serve``)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_serve_stops_both_servers_on_ctrl_c():
     proc = subprocess.Popen(
-        [*GLIMP, "serve", *SMOL, "--ctx-size", "3584"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*GLIMP, "serve", *SMOL, "--ctx-size", "3584"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
     )
     try:
         lines = [proc.stdout.readline() for _ in range(2)]

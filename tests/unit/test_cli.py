@@ -7,6 +7,7 @@ import json
 from click.testing import CliRunner
 
 from glimp_graph.cli import main
+from tests.unit.conftest import ScriptStep, unused_port
 
 
 def test_serve_vllm_prints_two_commands_with_the_routing_flags():
@@ -65,3 +66,19 @@ def test_eval_rejects_unknown_strategies(tmp_path):
         ],
     )
     assert result.exit_code == 2 and "vibes" in result.output
+
+
+def test_ask_with_the_small_server_down_prints_the_steps_and_says_the_large_model_took_over(scripted, fake_large):
+    scripted([ScriptStep(0.2, "First, 2 + 2 = 4."), ScriptStep(0.2, "The answer is \\boxed{4}.")], answer="4")
+    small_url = f"http://127.0.0.1:{unused_port()}/v1"
+    result = CliRunner().invoke(
+        main, ["ask", "What is 2+2?", "--small-url", small_url, "--large-url", f"{fake_large.url}/v1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.exception is None
+    assert "[  0] large" in result.output and "First, 2 + 2 = 4." in result.output
+    assert "[  1] large" in result.output and "Answer: 4" in result.output
+    assert "H=  -- (small model down)" in result.output
+    fallback = [line for line in result.output.splitlines() if "small model unavailable" in line]
+    assert len(fallback) == 1, result.output
+    assert "the large model writes the remaining steps" in fallback[0] and small_url in fallback[0]

@@ -1,0 +1,86 @@
+"""``glimp serve`` when one of its two servers dies: which one, how, its log's last lines, the other stopped, exit 1.
+
+The servers are stand-in processes (Python one-liners) wrapped in the real :class:`ManagedServer`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from glimp_graph.cli import main
+from glimp_graph.serving.process import ManagedServer
+
+DIES = (
+    "import os, signal, sys; print('loading model'); print('GGML_ASSERT: out of memory'); sys.stdout.flush(); "
+    "os.kill(os.getpid(), signal.SIGKILL)"
+)
+EXITS = "import sys; print('main: error: invalid argument: --bogus'); sys.exit(3)"
+LIVES = "import time; time.sleep(600)"
+
+
+def _server(script: str, alias: str, log: Path) -> ManagedServer:
+    log_file = open(log, "wb")  # noqa: SIM115 - closed by ManagedServer.stop
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=log_file, stderr=subprocess.STDOUT)
+    return ManagedServer(
+        process, host="127.0.0.1", port=9, alias=alias, model_path=log, log_path=log, log_file=log_file
+    )
+
+
+def _fake_local_models(tmp_path: Path, scripts: dict[str, str], seen: list[Any]) -> type:
+    class FakeLocalModels:
+        """Stands in for :class:`~glimp_graph.serving.LocalModels` with stand-in server processes."""
+
+        def __init__(self, small: str, large: str, **kwargs: Any) -> None:
+            self.names = {"small": small, "large": large}
+            self.exited = False
+            seen.append(self)
+
+        def __enter__(self) -> FakeLocalModels:
+            self.small = _server(scripts["small"], self.names["small"], tmp_path / "small.log")
+            self.large = _server(scripts["large"], self.names["large"], tmp_path / "large.log")
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.large.stop(timeout=5)
+            self.small.stop(timeout=5)
+            self.exited = True
+
+    return FakeLocalModels
+
+
+@pytest.mark.parametrize("dead", ["small", "large"])
+def test_serve_names_the_server_that_died_its_signal_and_its_log_then_stops_the_other(tmp_path, monkeypatch, dead):
+    scripts = {"small": LIVES, "large": LIVES, dead: DIES}
+    seen: list[Any] = []
+    monkeypatch.setattr("glimp_graph.serving.LocalModels", _fake_local_models(tmp_path, scripts, seen))
+    result = CliRunner().invoke(main, ["serve", "--local-small", "smollm2-135m", "--local-large", "qwen2.5-coder-0.5b"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    alias = {"small": "smollm2-135m", "large": "qwen2.5-coder-0.5b"}[dead]
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, result.output
+    assert f"{dead} model's server ({alias}) was killed by SIGKILL" in error[0]
+    other = {"small": "large", "large": "small"}[dead]
+    assert f"the {other} model's server was stopped" in error[0]
+    assert str(tmp_path / f"{dead}.log") in result.output
+    assert "GGML_ASSERT: out of memory" in result.output
+    (models,) = seen
+    assert models.exited
+    assert not models.small.running and not models.large.running
+
+
+def test_serve_reports_a_plain_exit_code(tmp_path, monkeypatch):
+    seen: list[Any] = []
+    scripts = {"small": LIVES, "large": EXITS}
+    monkeypatch.setattr("glimp_graph.serving.LocalModels", _fake_local_models(tmp_path, scripts, seen))
+    result = CliRunner().invoke(main, ["serve"])
+    assert result.exit_code == 1, result.output
+    assert "large model's server (qwen2.5-coder-1.5b) exited with code 3" in result.output
+    assert "invalid argument: --bogus" in result.output
+    assert seen[0].exited and not seen[0].small.running
