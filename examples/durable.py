@@ -28,7 +28,12 @@ from glimp_graph import create_glimp_graph
 
 # The router's records in the state, allowed by name when checkpoints are read back (LangGraph warns about, and
 # in strict mode blocks, types it was not told about).
-GLIMP_TYPES = [("glimp_graph.state", name) for name in ("Step", "Probe", "Decision", "RunStats")]
+GLIMP_TYPES = [
+    ("glimp_graph.state", "Step"),
+    ("glimp_graph.scorers", "Probe"),
+    ("glimp_graph.state", "Decision"),
+    ("glimp_graph.state", "RunStats"),
+]
 
 
 def saver_for(db: str) -> SqliteSaver:

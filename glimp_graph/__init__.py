@@ -4,7 +4,8 @@ A small model glimps one token of each reasoning step; the entropy of that token
 model writes the step or the large model does. The large model always writes the final answer.
 """
 
-from glimp_graph.config import Endpoint, GlimpConfig
+from glimp_graph.config import GlimpConfig
+from glimp_graph.endpoints import Endpoint
 from glimp_graph.entropy import ESTIMATORS
 from glimp_graph.errors import (
     BadResponseError,
@@ -16,8 +17,8 @@ from glimp_graph.errors import (
 )
 from glimp_graph.graph import create_glimp_graph
 from glimp_graph.prompts import PRESETS, R1, STEPS, PromptTemplate
-from glimp_graph.scorers import TokenEntropy
-from glimp_graph.state import Decision, GlimpInput, GlimpOutput, GlimpState, Probe, RunStats, Step
+from glimp_graph.scorers import Probe, TokenEntropy
+from glimp_graph.state import Decision, GlimpInput, GlimpOutput, GlimpState, RunStats, Step
 
 __all__ = [
     "ESTIMATORS",

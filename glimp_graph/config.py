@@ -1,4 +1,4 @@
-"""Settings: the two model endpoints and the router's own settings.
+"""Settings: the router's own settings (a server is described by :class:`~glimp_graph.endpoints.Endpoint`).
 
 Everything is a frozen pydantic model validated when the graph is built, so a bad value fails early with a
 message naming it. Nothing here reads environment variables: the CLI and the examples do that.
@@ -10,56 +10,12 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from glimp_graph.endpoints import Role
 from glimp_graph.entropy import ESTIMATORS
 from glimp_graph.prompts import PRESETS, PromptTemplate
 from glimp_graph.scorers import SCORERS, Scorer
-
-ServerKind = Literal["auto", "vllm", "llama.cpp", "openai"]
-
-
-class Endpoint(BaseModel):
-    """An OpenAI-compatible chat endpoint serving one model (vLLM, llama.cpp's server, ...).
-
-    Attributes:
-        base_url: The API root, e.g. ``http://127.0.0.1:8000/v1``.
-        model: The served model name.
-        api_key: Bearer token; never logged or traced.
-        server: How the server continues a partial assistant message. ``"auto"`` asks ``GET /models`` once.
-        temperature: Sampling temperature for the steps and the final answer (the probe always uses 0).
-        top_p: Nucleus sampling for the steps and the final answer.
-        seed: Sampling seed sent with every request, for reproducible runs.
-        timeout: Seconds to wait for one response.
-        max_retries: Retries (with exponential backoff, by the OpenAI client) for connection errors, 408, 429, 5xx.
-
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    base_url: str
-    model: str
-    api_key: SecretStr = SecretStr("EMPTY")
-    server: ServerKind = "auto"
-    temperature: float = Field(default=0.6, ge=0.0, le=2.0)
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    seed: int | None = None
-    timeout: float = Field(default=300.0, gt=0.0)
-    max_retries: int = Field(default=2, ge=0, le=10)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
-        return value.rstrip("/")
-
-    @field_validator("model")
-    @classmethod
-    def _model_named(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("model must be a non-empty served model name")
-        return value
 
 
 class GlimpConfig(BaseModel):
@@ -99,15 +55,13 @@ class GlimpConfig(BaseModel):
     reuse_probe_token: bool = True
     prompt: PromptTemplate = Field(default_factory=lambda: PRESETS["steps"])
     scorer: str | Scorer = "glimp"
-    final_model: Literal["small", "large"] = "large"
+    final_model: Role = "large"
     on_small_failure: Literal["fallback", "raise"] = "fallback"
 
     @field_validator("tau")
     @classmethod
     def _tau_number(cls, value: float) -> float:
-        if math.isnan(value):
-            raise ValueError("tau must be a number of nats or +/-inf, got nan")
-        return value
+        return check_tau(value)
 
     @field_validator("top_k")
     @classmethod
@@ -174,3 +128,25 @@ class GlimpConfig(BaseModel):
         if isinstance(self.estimator, str):
             return self.estimator
         return getattr(self.estimator, "__name__", type(self.estimator).__name__)
+
+
+def check_tau(value: object, *, name: str = "tau") -> float:
+    """The one rule for an entropy threshold: a number of nats, ``inf`` and ``-inf`` included, never NaN.
+
+    Used by :class:`GlimpConfig` (``tau``), the ``prepare`` node (``glimp_tau``), the OpenAI face (``glimp_tau``)
+    and the CLI (``--tau``, ``--threshold``); each turns the ``ValueError`` into its own kind of error.
+
+    Args:
+        value: The threshold as given (a bool or a string is not a number).
+        name: The setting's name, for the message.
+
+    Returns:
+        The threshold as a float.
+
+    Raises:
+        ValueError: ``value`` is not a number or is NaN; the message names ``name`` and ``value``.
+
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"{name} must be a number of nats or +/-inf, got {value!r}")
+    return float(value)

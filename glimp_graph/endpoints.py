@@ -1,4 +1,7 @@
-"""Talking to OpenAI-compatible servers: the one place for request shaping and response parsing.
+"""Describing and talking to OpenAI-compatible servers: the one place for request shaping and response parsing.
+
+An :class:`Endpoint` describes one server (its URL, model, sampling); a :class:`ModelClient` talks to it in a
+``role`` (the small or the large model).
 
 Calls go through ``langchain-openai``'s ``ChatOpenAI`` (so LangSmith traces every call) with the chat API and a
 partial assistant message that the server continues (``continue_final_message``). Servers differ in what they
@@ -11,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import openai
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatResult
 from langchain_openai import ChatOpenAI
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from glimp_graph.errors import (
     BadResponseError,
@@ -27,10 +32,57 @@ from glimp_graph.errors import (
     EndpointUnavailableError,
     LogprobsUnavailableError,
 )
-from glimp_graph.state import Role, StepEnd
 
-if TYPE_CHECKING:
-    from glimp_graph.config import Endpoint, ServerKind
+Role = Literal["small", "large"]
+"""Which of the two models: the small one (probes, routine steps) or the large one (hard steps, the answer)."""
+StepEnd = Literal["delimiter", "length", "eos", "stop"]
+"""Why one step ended: the delimiter, its token cap, end of sequence, or "stop" (the server cannot tell which)."""
+ServerKind = Literal["auto", "vllm", "llama.cpp", "openai"]
+"""How a server continues a partial assistant message (``"auto"``: asked of the server once)."""
+
+
+class Endpoint(BaseModel):
+    """An OpenAI-compatible chat endpoint serving one model (vLLM, llama.cpp's server, ...).
+
+    Attributes:
+        base_url: The API root, e.g. ``http://127.0.0.1:8000/v1``.
+        model: The served model name.
+        api_key: Bearer token; never logged or traced.
+        server: How the server continues a partial assistant message. ``"auto"`` asks ``GET /models`` once.
+        temperature: Sampling temperature for the steps and the final answer (the probe always uses 0).
+        top_p: Nucleus sampling for the steps and the final answer.
+        seed: Sampling seed sent with every request, for reproducible runs.
+        timeout: Seconds to wait for one response.
+        max_retries: Retries (with exponential backoff, by the OpenAI client) for connection errors, 408, 429, 5xx.
+
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str
+    model: str
+    api_key: SecretStr = SecretStr("EMPTY")
+    server: ServerKind = "auto"
+    temperature: float = Field(default=0.6, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    seed: int | None = None
+    timeout: float = Field(default=300.0, gt=0.0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("model")
+    @classmethod
+    def _model_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("model must be a non-empty served model name")
+        return value
+
 
 #: Characters per token assumed when checking a prompt against the context window before sending it; real text
 #: has fewer characters per token, so the estimate only rejects prompts that cannot fit.
@@ -40,7 +92,18 @@ _CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}
 
 
 class _ChatOpenAI(ChatOpenAI):
-    """``ChatOpenAI`` that keeps vLLM's ``stop_reason`` (a matched stop string, or None at end of sequence)."""
+    """``ChatOpenAI`` that keeps vLLM's ``stop_reason`` (a matched stop string, or None at end of sequence).
+
+    It never uses the streaming API. ``graph.stream(..., stream_mode="messages")`` (LangGraph Studio's chat view,
+    the LangGraph server's "messages-tuple") attaches a streaming callback handler, and that switches a chat model
+    to streaming unless ``disable_streaming`` is set. A streamed call would go around :meth:`_create_chat_result`
+    (vLLM's ``stop_reason`` lost, so step ends and end of sequence go unseen) and would carry no usage (the
+    servers send it only when asked with ``stream_options``), so token budgets and statistics would be wrong.
+    Every call here is short (one probe token, one step, the answer), the router streams its steps as
+    ``stream_mode="custom"`` events, and the messages mode still receives each call's whole message when it ends.
+    """
+
+    disable_streaming: bool | Literal["tool_calling"] = True
 
     def _create_chat_result(self, response: dict | openai.BaseModel, generation_info: dict | None = None) -> ChatResult:
         raw = response if isinstance(response, dict) else response.model_dump()
@@ -132,6 +195,7 @@ class ModelClient:
         self.endpoint = endpoint
         self.role = role
         self._server: ServerKind | None = None if endpoint.server == "auto" else endpoint.server
+        self._checked = False
         self.vocab_size: int | None = None
         self.context_length: int | None = None
         self._llm = self._chat_model()
@@ -169,11 +233,17 @@ class ModelClient:
         return f"ModelClient(role={self.role!r}, model={self.endpoint.model!r}, base_url={self.endpoint.base_url!r})"
 
     # -- server kind -------------------------------------------------------------------------------------------
+    @property
+    def checked(self) -> bool:
+        """Whether :meth:`check` has succeeded (the server answered ``GET /models``, or was accepted without)."""
+        return self._checked
+
     def _learn_server(self, models: Any) -> None:
         data = list(getattr(models, "data", None) or [])
         entry = next((m for m in data if getattr(m, "id", None) == self.endpoint.model), data[0] if data else None)
         owner = str(getattr(entry, "owned_by", "") or "").lower()
-        self._server = "vllm" if owner == "vllm" else "llama.cpp" if owner.startswith("llama") else "openai"
+        if self.endpoint.server == "auto":
+            self._server = "vllm" if owner == "vllm" else "llama.cpp" if owner.startswith("llama") else "openai"
         meta = getattr(entry, "meta", None) or {}
         if isinstance(meta, dict) and isinstance(meta.get("n_vocab"), int):
             self.vocab_size = meta["n_vocab"]
@@ -182,19 +252,50 @@ class ModelClient:
         if isinstance(context, int) and context > 0:
             self.context_length = context
 
-    def server_kind(self) -> ServerKind:
-        """The server's kind, asked once with ``GET /models`` when the endpoint says ``"auto"``."""
-        if self._server is None:
-            with self._errors():
+    def check(self) -> None:
+        """Contact the server once, with ``GET /models``: its kind (when ``"auto"``), context and vocabulary.
+
+        The answer is kept, so later calls cost nothing; a failure is not kept (the next call asks again).
+        With an explicit server kind only an outage fails the check (a server without ``GET /models`` is
+        accepted; its context is then unknown).
+
+        Raises:
+            EndpointError: The server cannot be reached (:class:`EndpointUnavailableError`) or refused.
+
+        """
+        if not self._checked:
+            with self._lookup():
                 self._learn_server(self._llm.root_client.models.list())
+
+    async def acheck(self) -> None:
+        """Async :meth:`check`."""
+        if not self._checked:
+            with self._lookup():
+                self._learn_server(await self._async_llm().root_async_client.models.list())
+
+    @contextlib.contextmanager
+    def _lookup(self) -> Iterator[None]:
+        try:
+            with self._errors():
+                yield
+        except EndpointUnavailableError:
+            raise
+        except EndpointError:
+            if self.endpoint.server == "auto":
+                raise
+        self._checked = True
+
+    def server_kind(self) -> ServerKind:
+        """The server's kind, asked once with ``GET /models`` (:meth:`check`) when the endpoint says ``"auto"``."""
+        if self._server is None:
+            self.check()
         assert self._server is not None
         return self._server
 
     async def aserver_kind(self) -> ServerKind:
         """Async :meth:`server_kind`."""
         if self._server is None:
-            with self._errors():
-                self._learn_server(await self._async_llm().root_async_client.models.list())
+            await self.acheck()
         assert self._server is not None
         return self._server
 
@@ -347,6 +448,35 @@ class ModelClient:
             raise self._bad(EndpointError, f"HTTP {exc.status_code}: {body}") from exc
         except (openai.APIResponseValidationError, ValueError, KeyError, TypeError) as exc:
             raise self._bad(BadResponseError, f"the server's answer is not a valid chat completion: {exc}") from exc
+
+
+def check_all(clients: Sequence[ModelClient]) -> list[EndpointError | None]:
+    """Run :meth:`ModelClient.check` on every client at once (a thread each); each one's error, or ``None``."""
+    if all(c.checked for c in clients):
+        return [None] * len(clients)
+    with ThreadPoolExecutor(max_workers=len(clients), thread_name_prefix="glimp-check") as pool:
+        return list(pool.map(_failure_of, clients))
+
+
+async def acheck_all(clients: Sequence[ModelClient]) -> list[EndpointError | None]:
+    """Async :func:`check_all`: every client's :meth:`ModelClient.acheck` at once (``asyncio.gather``)."""
+    return list(await asyncio.gather(*(_afailure_of(c) for c in clients)))
+
+
+def _failure_of(client: ModelClient) -> EndpointError | None:
+    try:
+        client.check()
+    except EndpointError as exc:
+        return exc
+    return None
+
+
+async def _afailure_of(client: ModelClient) -> EndpointError | None:
+    try:
+        await client.acheck()
+    except EndpointError as exc:
+        return exc
+    return None
 
 
 def _pairs(entries: Any) -> list[tuple[str, float]]:

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import partial
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
-from glimp_graph.config import Endpoint, GlimpConfig
-from glimp_graph.endpoints import ModelClient
-from glimp_graph.nodes import Router, final_answer, large_step, prepare, probe, route, small_step
-from glimp_graph.nodes._driver import as_node
+from glimp_graph.config import GlimpConfig
+from glimp_graph.endpoints import Endpoint, ModelClient
+from glimp_graph.nodes import Router, final_answer, large_step, node, prepare_node, probe, route, small_step
 from glimp_graph.state import GlimpInput, GlimpOutput, GlimpState
 
 
-def _after_step(state: dict[str, Any]) -> Literal["probe", "final_answer"]:
+def _after_step(state: GlimpState) -> Literal["probe", "final_answer"]:
     return "final_answer" if state.get("glimp_stop") else "probe"
 
 
@@ -73,12 +71,12 @@ def create_glimp_graph(
     )
 
     builder = StateGraph(GlimpState, input_schema=GlimpInput, output_schema=GlimpOutput)
-    builder.add_node("prepare", partial(prepare, default_tau=settings.tau))
-    builder.add_node("probe", as_node(partial(probe, router=router), "probe"))
-    builder.add_node("route", route, destinations=("small_step", "large_step"))
-    builder.add_node("small_step", as_node(partial(small_step, router=router), "small_step"))
-    builder.add_node("large_step", as_node(partial(large_step, router=router), "large_step"))
-    builder.add_node("final_answer", as_node(partial(final_answer, router=router), "final_answer"))
+    builder.add_node(prepare_node(router, default_tau=settings.tau))
+    builder.add_node(node(router, probe))
+    builder.add_node(route, destinations=("small_step", "large_step"))
+    builder.add_node(node(router, small_step))
+    builder.add_node(node(router, large_step))
+    builder.add_node(node(router, final_answer))
 
     builder.add_edge(START, "prepare")
     builder.add_edge("prepare", "probe")

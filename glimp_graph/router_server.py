@@ -18,6 +18,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -27,7 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from glimp_graph.config import check_tau
 from glimp_graph.errors import EndpointError, GlimpError, InputError
+from glimp_graph.state import reasoning_text
 
 GraphFactory = Callable[[Mapping[str, Any]], Any]
 """``(overrides) -> compiled graph``; overrides hold ``final_max_tokens`` when the request sets ``max_tokens``."""
@@ -101,6 +104,44 @@ def _positive_int(body: dict[str, Any], name: str, limit: int) -> int | None:
     return value
 
 
+@dataclass(frozen=True)
+class ServerSettings:
+    """What one app serves and how it guards it; kept on ``app.state.glimp`` for the handlers.
+
+    Attributes:
+        graphs: A compiled GlimpRouter graph, or a factory ``(overrides) -> graph``.
+        model_name: The model id that ``GET /v1/models`` lists and responses carry.
+        authorization: The ``Authorization`` header every request must carry (``None``: no token).
+        max_body_bytes: Larger request bodies are refused with 413.
+        max_tokens_limit: A larger ``max_tokens`` / ``max_completion_tokens`` is refused with 400.
+
+    """
+
+    graphs: Any
+    model_name: str = "glimp-router"
+    authorization: bytes | None = None
+    max_body_bytes: int = 1_000_000
+    max_tokens_limit: int = 4096
+    built: dict[tuple[tuple[str, Any], ...], Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def graph(self, overrides: Mapping[str, Any]) -> Any:
+        """The graph for a request's ``overrides`` (built once per overrides by a factory; a graph is itself)."""
+        if hasattr(self.graphs, "astream"):
+            return self.graphs
+        key = tuple(sorted(overrides.items()))
+        if key not in self.built:
+            self.built[key] = self.graphs(dict(overrides))
+        return self.built[key]
+
+    def authorize(self, request: Request) -> None:
+        """Refuse (401) a request without the bearer token, compared in constant time."""
+        if self.authorization is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, self.authorization):
+            raise RequestError(401, "missing or wrong bearer token (Authorization: Bearer <token>)", kind="auth_error")
+
+
 def create_app(
     graph_factory_or_graph: Any,
     *,
@@ -130,100 +171,124 @@ def create_app(
 
     """
     token = api_token.get_secret_value() if isinstance(api_token, SecretStr) else api_token
-    expected = f"Bearer {token}".encode() if token else None
-    graphs: dict[tuple[tuple[str, Any], ...], Any] = {}
-
-    def graph_for(overrides: dict[str, Any]) -> Any:
-        if hasattr(graph_factory_or_graph, "astream"):
-            return graph_factory_or_graph
-        key = tuple(sorted(overrides.items()))
-        if key not in graphs:
-            graphs[key] = graph_factory_or_graph(dict(overrides))
-        return graphs[key]
-
-    def authorize(request: Request) -> None:
-        if expected is None:
-            return
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise RequestError(401, "missing or wrong bearer token (Authorization: Bearer <token>)", kind="auth_error")
-
-    async def read_body(request: Request) -> dict[str, Any]:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            raise RequestError(413, f"request body larger than {max_body_bytes} bytes")
-        data = bytearray()
-        async for chunk in request.stream():
-            data.extend(chunk)
-            if len(data) > max_body_bytes:
-                raise RequestError(413, f"request body larger than {max_body_bytes} bytes")
-        try:
-            body = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError(400, f"the body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise RequestError(400, "the body must be a JSON object")
-        return body
-
-    async def models(request: Request) -> Response:
-        try:
-            authorize(request)
-        except RequestError as exc:
-            return exc.response()
-        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "glimp-graph"}
-        return JSONResponse({"object": "list", "data": [card]})
-
-    async def chat_completions(request: Request) -> Response:
-        try:
-            authorize(request)
-            body = await read_body(request)
-            messages = parse_messages(body.get("messages"))
-            max_tokens = _positive_int(body, "max_completion_tokens", max_tokens_limit)
-            max_tokens = max_tokens or _positive_int(body, "max_tokens", max_tokens_limit)
-            if body.get("n") not in (None, 1):
-                raise RequestError(400, f"'n'={body.get('n')!r}: only one choice is supported", param="n")
-            if body.get("tools"):
-                raise RequestError(400, "'tools' are not supported by the router", param="tools")
-            inputs: dict[str, Any] = {"messages": messages}
-            tau = body.get("glimp_tau")
-            if tau is not None:
-                if isinstance(tau, bool) or not isinstance(tau, int | float):
-                    raise RequestError(400, f"'glimp_tau' must be a number, got {tau!r}", param="glimp_tau")
-                inputs["glimp_tau"] = float(tau)
-            graph = graph_for({"final_max_tokens": max_tokens} if max_tokens else {})
-        except RequestError as exc:
-            return exc.response()
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            events = _sse(graph, inputs, completion_id, created, model_name, include_usage)
-            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        try:
-            result = await graph.ainvoke(inputs)
-        except GlimpError as exc:
-            return _graph_error(exc).response()
-        steps, stats = result["glimp_steps"], result["glimp_stats"]
-        message = {"role": "assistant", "content": result["glimp_answer"], "reasoning_content": _reasoning(steps)}
-        return JSONResponse(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model_name,
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
-                "usage": _usage(stats),
-                "glimp": _json_safe({"steps": [s.model_dump() for s in steps], "stats": stats.model_dump()}),
-            }
-        )
-
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
         ]
     )
+    app.state.glimp = ServerSettings(
+        graphs=graph_factory_or_graph,
+        model_name=model_name,
+        authorization=f"Bearer {token}".encode() if token else None,
+        max_body_bytes=max_body_bytes,
+        max_tokens_limit=max_tokens_limit,
+    )
+    return app
+
+
+async def models(request: Request) -> Response:
+    """``GET /v1/models``: the router, as the one model served."""
+    settings: ServerSettings = request.app.state.glimp
+    try:
+        settings.authorize(request)
+    except RequestError as exc:
+        return exc.response()
+    card = {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "glimp-graph"}
+    return JSONResponse({"object": "list", "data": [card]})
+
+
+async def chat_completions(request: Request) -> Response:
+    """``POST /v1/chat/completions``: one run of the graph, as one JSON body or as Server-Sent Events."""
+    settings: ServerSettings = request.app.state.glimp
+    try:
+        settings.authorize(request)
+        body = await _read_body(request, settings.max_body_bytes)
+        inputs, overrides = _graph_inputs(body, settings.max_tokens_limit)
+        graph = settings.graph(overrides)
+    except RequestError as exc:
+        return exc.response()
+    completion = _Completion(settings.model_name)
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        events = _sse(graph, inputs, completion, include_usage)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    try:
+        result = await graph.ainvoke(inputs)
+    except GlimpError as exc:
+        return _graph_error(exc).response()
+    steps, stats = result["glimp_steps"], result["glimp_stats"].model_dump()
+    # the graph's own reasoning text (joined with its delimiter), on the answer it appends to the messages
+    reasoning = result["messages"][-1].additional_kwargs["reasoning_content"]
+    message = {"role": "assistant", "content": result["glimp_answer"], "reasoning_content": reasoning}
+    return JSONResponse(
+        completion.body(
+            "chat.completion",
+            choices=[{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+            usage=_usage(stats),
+            glimp=_json_safe({"steps": [s.model_dump() for s in steps], "stats": stats}),
+        )
+    )
+
+
+async def _read_body(request: Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object, refused (413) past ``limit`` bytes whether or not it says its length."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise RequestError(413, f"request body larger than {limit} bytes")
+    data = bytearray()
+    async for chunk in request.stream():
+        data.extend(chunk)
+        if len(data) > limit:
+            raise RequestError(413, f"request body larger than {limit} bytes")
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "the body must be a JSON object")
+    return body
+
+
+def _graph_inputs(body: dict[str, Any], max_tokens_limit: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The graph's input and the settings the request overrides (``final_max_tokens``), or a 400."""
+    messages = parse_messages(body.get("messages"))
+    max_tokens = _positive_int(body, "max_completion_tokens", max_tokens_limit)
+    max_tokens = max_tokens or _positive_int(body, "max_tokens", max_tokens_limit)
+    if body.get("n") not in (None, 1):
+        raise RequestError(400, f"'n'={body.get('n')!r}: only one choice is supported", param="n")
+    if body.get("tools"):
+        raise RequestError(400, "'tools' are not supported by the router", param="tools")
+    inputs: dict[str, Any] = {"messages": messages}
+    if body.get("glimp_tau") is not None:
+        try:
+            inputs["glimp_tau"] = check_tau(body["glimp_tau"], name="'glimp_tau'")
+        except ValueError as exc:
+            raise RequestError(400, str(exc), param="glimp_tau") from None
+    return inputs, {"final_max_tokens": max_tokens} if max_tokens else {}
+
+
+@dataclass(frozen=True)
+class _Completion:
+    """The id, creation time and model that every body of one completion carries."""
+
+    model: str
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def body(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """A response body of this completion: ``chat.completion`` or ``chat.completion.chunk``."""
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, **fields}
+
+    def event(self, kind: str = "chat.completion.chunk", **fields: Any) -> str:
+        """A chunk of this completion as one Server-Sent Event."""
+        return f"data: {json.dumps(self.body(kind, **fields))}\n\n"
+
+    def delta(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        """A chunk with one choice's ``delta`` as one Server-Sent Event."""
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return self.event(choices=[choice], **extra)
 
 
 def _graph_error(exc: GlimpError) -> RequestError:
@@ -234,12 +299,9 @@ def _graph_error(exc: GlimpError) -> RequestError:
     return RequestError(500, str(exc), kind="server_error")
 
 
-def _reasoning(steps: list[Any]) -> str:
-    return "\n\n".join(s.text for s in steps)
-
-
-def _usage(stats: Any) -> dict[str, int]:
-    completion = int(stats.small_tokens + stats.large_tokens)
+def _usage(stats: Mapping[str, Any]) -> dict[str, int]:
+    """The OpenAI ``usage`` of a run, from its :class:`~glimp_graph.state.RunStats` as a dict."""
+    completion = int(stats["small_tokens"] + stats["large_tokens"])
     return {"prompt_tokens": 0, "completion_tokens": completion, "total_tokens": completion}
 
 
@@ -254,38 +316,24 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-async def _sse(
-    graph: Any, inputs: dict[str, Any], completion_id: str, created: int, model: str, include_usage: bool
-) -> AsyncIterator[str]:
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        body = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-            **extra,
-        }
-        return f"data: {json.dumps(body)}\n\n"
-
-    yield chunk({"role": "assistant", "content": ""})
+async def _sse(graph: Any, inputs: dict[str, Any], completion: _Completion, include_usage: bool) -> AsyncIterator[str]:
+    """The run as Server-Sent Events: the role, one reasoning delta per step, the answer, the record, [DONE]."""
+    yield completion.delta({"role": "assistant", "content": ""})
     steps: list[dict[str, Any]] = []
+    sent = ""
     try:
         async for event in graph.astream(inputs, stream_mode="custom"):
             if event.get("type") == "step":
-                step = {k: v for k, v in event.items() if k != "type"}
-                steps.append(step)
-                yield chunk({"reasoning_content": ("\n\n" if len(steps) > 1 else "") + event["text"]})
+                steps.append({k: v for k, v in event.items() if k not in ("type", "delimiter")})
+                reasoning = reasoning_text((s["text"] for s in steps), event["delimiter"])
+                yield completion.delta({"reasoning_content": reasoning[len(sent) :]})
+                sent = reasoning
             elif event.get("type") == "final":
                 stats = event["stats"]
-                yield chunk({"content": event["answer"]})
-                glimp = {"steps": _json_safe(steps), "stats": _json_safe(stats)}
-                yield chunk({}, "stop", glimp=glimp)
+                yield completion.delta({"content": event["answer"]})
+                yield completion.delta({}, "stop", glimp={"steps": _json_safe(steps), "stats": _json_safe(stats)})
                 if include_usage:
-                    completion = int(stats["small_tokens"] + stats["large_tokens"])
-                    usage = {"prompt_tokens": 0, "completion_tokens": completion, "total_tokens": completion}
-                    body = {"id": completion_id, "object": "chat.completion.chunk", "created": created}
-                    yield f"data: {json.dumps({**body, 'model': model, 'choices': [], 'usage': usage})}\n\n"
+                    yield completion.event(choices=[], usage=_usage(stats))
     except GlimpError as exc:
         err = _graph_error(exc)
         yield f"data: {json.dumps({'error': {'message': err.message, 'type': err.kind, 'code': err.status}})}\n\n"

@@ -30,8 +30,80 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from glimp_graph.endpoints import Call, Completion, ModelClient, Request
-from glimp_graph.state import Probe
+from pydantic import BaseModel, ConfigDict
+
+from glimp_graph.endpoints import Call, Completion, ModelClient, Request, Role, StepEnd
+
+
+class Probe(BaseModel):
+    """What the step scorer saw of the next step before routing it.
+
+    Attributes:
+        index: The step's index.
+        kind: ``"token"``: the small model decoded one token (GlimpRouter); ``"step"``: the small model drafted the
+            whole step (step-entropy, step-perplexity, SpecReason); ``"none"``: no model call (random, fixed).
+        token: The probed token, or the drafted step's text.
+        eos: The small model ended its turn instead of writing a token.
+        end: Why the draft ended (``kind == "step"`` only).
+        h_init: Entropy of the first token's distribution (nats), when a token was probed.
+        score: The routing score; the step goes to the small model when ``score <= tau``.
+        scorer: The scorer's name.
+        top_logprobs: Top log-probabilities of the first token.
+        tokens: Tokens the small model generated for the glimpse.
+        large_tokens: Tokens the large model generated for the glimpse (a judge).
+        seconds: Wall time of the glimpse.
+        signals: Every difficulty signal the glimpse could compute (``h_init``, ``step_entropy``,
+            ``step_perplexity``), for analysis.
+        forced: A model the step must go to whatever the score (the small model's server failed).
+        note: Why the step was forced.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    kind: Literal["token", "step", "none"] = "token"
+    token: str
+    eos: bool
+    end: StepEnd | None = None
+    h_init: float | None
+    score: float
+    scorer: str = "glimp"
+    top_logprobs: list[tuple[str, float]] = []
+    tokens: int
+    large_tokens: int = 0
+    seconds: float
+    signals: dict[str, float] = {}
+    forced: Role | None = None
+    note: str | None = None
+
+    @classmethod
+    def no_call(
+        cls, index: int, scorer: str, score: float, *, forced: Role | None = None, note: str | None = None
+    ) -> Probe:
+        """A probe for which no model was called (``kind="none"``: a random or fixed score, a forced step).
+
+        Args:
+            index: The step's index.
+            scorer: The scorer's name.
+            score: The routing score.
+            forced: A model the step must go to whatever the score.
+            note: Why the step was forced.
+
+        """
+        return cls(
+            index=index,
+            kind="none",
+            token="",
+            eos=False,
+            h_init=None,
+            score=score,
+            scorer=scorer,
+            tokens=0,
+            seconds=0.0,
+            forced=forced,
+            note=note,
+        )
+
 
 Glimpse = Generator[Call, Completion, Probe]
 
@@ -75,7 +147,7 @@ class Scorer(ABC):
 
     @abstractmethod
     def glimpse(self, ctx: StepContext) -> Glimpse:
-        """Look at the next step and return a :class:`~glimp_graph.state.Probe` carrying its score."""
+        """Look at the next step and return a :class:`Probe` carrying its score."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -162,17 +234,7 @@ class Random(Scorer):
     def glimpse(self, ctx: StepContext) -> Glimpse:
         """Draw the score; no model is called."""
         score = random.Random(f"{self.seed}|{ctx.question}|{ctx.index}").random()
-        return Probe(
-            index=ctx.index,
-            kind="none",
-            token="",
-            eos=False,
-            h_init=None,
-            score=score,
-            scorer=self.name,
-            tokens=0,
-            seconds=0.0,
-        )
+        return Probe.no_call(ctx.index, self.name, score)
         yield  # pragma: no cover - makes this a generator
 
 
@@ -184,17 +246,7 @@ class Fixed(Scorer):
 
     def glimpse(self, ctx: StepContext) -> Glimpse:
         """Return the constant score."""
-        return Probe(
-            index=ctx.index,
-            kind="none",
-            token="",
-            eos=False,
-            h_init=None,
-            score=0.0,
-            scorer=self.name,
-            tokens=0,
-            seconds=0.0,
-        )
+        return Probe.no_call(ctx.index, self.name, 0.0)
         yield  # pragma: no cover - makes this a generator
 
 

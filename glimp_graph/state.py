@@ -6,6 +6,7 @@ colliding with the host's keys. ``question`` and ``messages`` are the shared con
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from langchain_core.messages import AnyMessage
@@ -13,53 +14,11 @@ from langgraph.graph.message import add_messages
 from pydantic import BaseModel, ConfigDict
 from typing_extensions import TypedDict
 
-Role = Literal["small", "large"]
-StepEnd = Literal["delimiter", "length", "eos", "stop"]
-"""Why one step ended: the delimiter, its token cap, end of sequence, or "stop" (the server cannot tell which)."""
+from glimp_graph.endpoints import Role, StepEnd
+from glimp_graph.scorers import Probe
+
 StopReason = Literal["think_end", "answer_marker", "end_of_sequence", "repeated_step", "token_budget", "step_budget"]
 """Why the reasoning ended."""
-
-
-class Probe(BaseModel):
-    """What the step scorer saw of the next step before routing it.
-
-    Attributes:
-        index: The step's index.
-        kind: ``"token"``: the small model decoded one token (GlimpRouter); ``"step"``: the small model drafted the
-            whole step (step-entropy, step-perplexity, SpecReason); ``"none"``: no model call (random, fixed).
-        token: The probed token, or the drafted step's text.
-        eos: The small model ended its turn instead of writing a token.
-        end: Why the draft ended (``kind == "step"`` only).
-        h_init: Entropy of the first token's distribution (nats), when a token was probed.
-        score: The routing score; the step goes to the small model when ``score <= tau``.
-        scorer: The scorer's name.
-        top_logprobs: Top log-probabilities of the first token.
-        tokens: Tokens the small model generated for the glimpse.
-        large_tokens: Tokens the large model generated for the glimpse (a judge).
-        seconds: Wall time of the glimpse.
-        signals: Every difficulty signal the glimpse could compute (``h_init``, ``step_entropy``,
-            ``step_perplexity``), for analysis.
-        forced: A model the step must go to whatever the score (the small model's server failed).
-        note: Why the step was forced.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    index: int
-    kind: Literal["token", "step", "none"] = "token"
-    token: str
-    eos: bool
-    end: StepEnd | None = None
-    h_init: float | None
-    score: float
-    scorer: str = "glimp"
-    top_logprobs: list[tuple[str, float]] = []
-    tokens: int
-    large_tokens: int = 0
-    seconds: float
-    signals: dict[str, float] = {}
-    forced: Role | None = None
-    note: str | None = None
 
 
 class Decision(BaseModel):
@@ -192,3 +151,20 @@ class GlimpState(GlimpInput, GlimpOutput, total=False):
     glimp_large_tokens: int
     glimp_small_down: str | None
     glimp_started: float
+
+
+def reasoning_text(texts: Iterable[str], delimiter: str) -> str:
+    """The reasoning as one text: the steps' texts joined by the step delimiter, as the final answer reads it.
+
+    The one place the trace is joined: the ``final_answer`` node, the OpenAI face's ``reasoning_content`` and the
+    evaluation's fallback grading all use it, so a custom ``delimiter`` reads the same everywhere.
+
+    Args:
+        texts: The steps' texts, in order (``Step.text``, without the delimiter).
+        delimiter: The delimiter that ended each step (``GlimpConfig.delimiter``).
+
+    Returns:
+        The texts joined by ``delimiter`` (no delimiter after the last step).
+
+    """
+    return delimiter.join(texts)

@@ -2,8 +2,8 @@
 
 from glimp_graph.eval.calibrate import Calibration, calibrate, quantile
 from glimp_graph.eval.compare import Paired, paired, routing_profile, sign_test
-from glimp_graph.eval.data import Problem, grade, load_problems
-from glimp_graph.eval.grading import extract_answer, grade_integer
+from glimp_graph.eval.data import Problem, load_problems
+from glimp_graph.eval.grading import extract_answer, grade, grade_integer
 from glimp_graph.eval.runner import Job, load_records, markdown_table, run_eval, summarize
 from glimp_graph.eval.strategies import STRATEGIES, Strategy
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from glimp_graph.config import Endpoint
+from glimp_graph.endpoints import Endpoint
 from glimp_graph.eval.data import Problem
 from glimp_graph.graph import create_glimp_graph
 from glimp_graph.scorers import Scorer

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from glimp_graph.eval.grading import extract_answer, grade_integer
-
 AnswerKind = Literal["integer", "latex"]
 
 
@@ -84,26 +82,3 @@ def load_problems(path: str | Path, *, start: int = 0, limit: int | None = None)
         )
     end = None if limit is None else start + limit
     return problems[start:end]
-
-
-def grade(problem: Problem, text: str) -> tuple[str | None, bool]:
-    """Extract the answer from ``text`` and grade it against the problem's reference.
-
-    Integer answers are compared numerically; LaTeX answers with ``math-verify`` (the ``eval`` extra).
-
-    Args:
-        problem: The problem.
-        text: The model's final answer (falls back to the whole text's last answer form).
-
-    Returns:
-        ``(extracted answer, correct)``.
-    """
-    predicted = extract_answer(text)
-    if problem.kind == "integer":
-        return predicted, grade_integer(predicted, problem.answer)
-    if predicted is None:
-        return None, False
-    from math_verify import parse, verify
-
-    gold = parse(f"${problem.answer}$")
-    return predicted, bool(verify(gold, parse(f"${predicted}$")))

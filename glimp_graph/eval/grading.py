@@ -1,4 +1,4 @@
-r"""Answer extraction and grading for integer-answer benchmarks (GSM8K, AIME).
+r"""Answer extraction and grading: integer answers (GSM8K, AIME) numerically, LaTeX answers with math-verify.
 
 The answer is read from the last ``\boxed{...}``, else from "the answer is ..." / "Final answer: ...", else the
 last number in the text.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
+
+from glimp_graph.eval.data import Problem
 
 _ANSWER_IS = re.compile(r"(?:final answer|the answer is)\s*[:=]?\s*(.+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -72,3 +74,26 @@ def grade_integer(prediction: str | None, gold: str | int) -> bool:
     want = _as_number(str(gold))
     got = _as_number(prediction)
     return want is not None and got is not None and got == want
+
+
+def grade(problem: Problem, text: str) -> tuple[str | None, bool]:
+    """Extract the answer from ``text`` and grade it against the problem's reference.
+
+    Integer answers are compared numerically; LaTeX answers with ``math-verify`` (the ``eval`` extra).
+
+    Args:
+        problem: The problem.
+        text: The model's final answer (falls back to the whole text's last answer form).
+
+    Returns:
+        ``(extracted answer, correct)``.
+    """
+    predicted = extract_answer(text)
+    if problem.kind == "integer":
+        return predicted, grade_integer(predicted, problem.answer)
+    if predicted is None:
+        return None, False
+    from math_verify import parse, verify
+
+    gold = parse(f"${problem.answer}$")
+    return predicted, bool(verify(gold, parse(f"${predicted}$")))

@@ -15,11 +15,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from glimp_graph.config import Endpoint
+from glimp_graph.config import GlimpConfig
+from glimp_graph.endpoints import Endpoint
 from glimp_graph.errors import GlimpError
-from glimp_graph.eval.data import Problem, grade
+from glimp_graph.eval.data import Problem
+from glimp_graph.eval.grading import grade
 from glimp_graph.eval.strategies import STRATEGIES
 from glimp_graph.graph import create_glimp_graph
+from glimp_graph.state import reasoning_text
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,9 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _record(job: Job, problem: Problem, out: dict[str, Any] | None, seconds: float, error: str | None) -> dict:
+def _record(
+    job: Job, problem: Problem, out: dict[str, Any] | None, seconds: float, error: str | None, delimiter: str
+) -> dict:
     base = {
         "job": job.label,
         "strategy": job.strategy,
@@ -63,7 +68,7 @@ def _record(job: Job, problem: Problem, out: dict[str, Any] | None, seconds: flo
     stats = out["glimp_stats"]
     predicted, correct = grade(problem, out["glimp_answer"])
     if predicted is None:  # fall back to the reasoning, where the answer may already stand
-        predicted, correct = grade(problem, "\n\n".join(s.text for s in out["glimp_steps"]))
+        predicted, correct = grade(problem, reasoning_text((s.text for s in out["glimp_steps"]), delimiter))
     return {
         **base,
         "answer": out["glimp_answer"],
@@ -133,12 +138,13 @@ async def run_eval(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = {_key(r["job"], r["id"]) for r in load_records(out_path) if not r.get("error")}
-    graphs = {
-        job.label: create_glimp_graph(
-            small, large, config={**(base_config or {}), **STRATEGIES[job.strategy].config(job.threshold, seed)}
+    configs = {
+        job.label: GlimpConfig.model_validate(
+            {**(base_config or {}), **STRATEGIES[job.strategy].config(job.threshold, seed)}
         )
         for job in jobs
     }
+    graphs = {label: create_glimp_graph(small, large, config=config) for label, config in configs.items()}
     todo = [(p, j) for p in problems for j in jobs if _key(j.label, p.id) not in done]
     written: list[dict[str, Any]] = []
     lock = asyncio.Lock()
@@ -149,12 +155,14 @@ async def run_eval(
         async with gate:
             if before_each is not None:
                 await before_each()
+            delimiter = configs[job.label].delimiter
             start = time.perf_counter()
             try:
                 out = await graphs[job.label].ainvoke({"question": problem.question})
-                record = _record(job, problem, out, time.perf_counter() - start, None)
+                record = _record(job, problem, out, time.perf_counter() - start, None, delimiter)
             except GlimpError as exc:
-                record = _record(job, problem, None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
+                error = f"{type(exc).__name__}: {exc}"
+                record = _record(job, problem, None, time.perf_counter() - start, error, delimiter)
         async with lock:
             with out_path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")

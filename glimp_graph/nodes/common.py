@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
 from langgraph.config import get_stream_writer
 
 from glimp_graph.config import GlimpConfig
-from glimp_graph.endpoints import ModelClient
+from glimp_graph.endpoints import Call, Completion, ModelClient
+from glimp_graph.errors import EndpointUnavailableError
 from glimp_graph.scorers import Scorer
-from glimp_graph.state import Step
+from glimp_graph.state import GlimpState, Step
+
+NodeLogic = Generator[Call, Completion, GlimpState]
+"""What a node function returns: a generator that yields model calls and returns the state update."""
 
 
 @dataclass(frozen=True)
@@ -23,12 +28,12 @@ class Router:
     scorer: Scorer
 
 
-def steps_of(state: dict[str, Any]) -> list[Step]:
+def steps_of(state: GlimpState) -> list[Step]:
     """The steps written so far."""
     return list(state.get("glimp_steps") or [])
 
 
-def conversation(state: dict[str, Any], router: Router) -> list[dict[str, str]]:
+def conversation(state: GlimpState, router: Router) -> list[dict[str, str]]:
     """System, history and the user message for the question, as chat messages."""
     prompt = router.config.prompt
     messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
@@ -37,13 +42,13 @@ def conversation(state: dict[str, Any], router: Router) -> list[dict[str, str]]:
     return messages
 
 
-def trace_prefix(state: dict[str, Any], router: Router) -> str:
+def trace_prefix(state: GlimpState, router: Router) -> str:
     """The partial assistant message that the next step continues: the reasoning so far, each step delimited."""
     delimiter = router.config.delimiter
     return router.config.prompt.think_prefix + "".join(s.text + delimiter for s in steps_of(state))
 
 
-def step_budget(state: dict[str, Any], router: Router) -> int:
+def step_budget(state: GlimpState, router: Router) -> int:
     """Token cap of the next step: the per-step cap, or what is left of the thinking budget."""
     spent = thinking_tokens(steps_of(state))
     return min(router.config.max_step_tokens, router.config.max_thinking_tokens - spent)
@@ -54,15 +59,13 @@ def thinking_tokens(steps: list[Step]) -> int:
     return sum(s.tokens for s in steps)
 
 
-def trace_metadata(state: dict[str, Any], index: int, **extra: Any) -> dict[str, Any]:
+def trace_metadata(state: GlimpState, index: int, **extra: Any) -> dict[str, Any]:
     """Metadata attached to a model call so that LangSmith shows the routing decision."""
     return {"glimp_step": index, "glimp_tau": state.get("glimp_run_tau"), **extra}
 
 
 def small_failed(router: Router, exc: Exception) -> str | None:
     """The reason to drop the small model for the rest of the run, or ``None`` if ``exc`` must propagate."""
-    from glimp_graph.errors import EndpointUnavailableError
-
     if isinstance(exc, EndpointUnavailableError) and router.config.on_small_failure == "fallback":
         return f"small model unavailable, the large model writes the remaining steps: {exc}"
     return None

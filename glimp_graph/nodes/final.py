@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
-from typing import Any
 
 from langchain_core.messages import AIMessage
-from langchain_core.runnables import RunnableConfig
 
-from glimp_graph.endpoints import Call, Completion, Request
-from glimp_graph.nodes.common import Router, conversation, emit, steps_of, thinking_tokens, trace_metadata
-from glimp_graph.state import RunStats, Step
+from glimp_graph.endpoints import Completion, Request
+from glimp_graph.nodes.common import (
+    NodeLogic,
+    Router,
+    conversation,
+    emit,
+    steps_of,
+    thinking_tokens,
+    trace_metadata,
+)
+from glimp_graph.state import GlimpState, RunStats, Step, reasoning_text
 
 
-def reasoning_text(steps: list[Step], router: Router) -> str:
-    """The reasoning as one text: the steps joined by the delimiter."""
-    return router.config.delimiter.join(s.text for s in steps)
-
-
-def final_answer(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> Generator[Call, Completion, dict]:
+def final_answer(state: GlimpState, router: Router) -> NodeLogic:
     """Write the final answer (with the large model, unless configured otherwise) and compute the statistics."""
     steps = steps_of(state)
-    reasoning = reasoning_text(steps, router)
+    reasoning = reasoning_text((s.text for s in steps), router.config.delimiter)
     prompt = router.config.prompt
     writer = router.large if router.config.final_model == "large" else router.small
     done = yield (
@@ -40,13 +40,13 @@ def final_answer(state: dict[str, Any], config: RunnableConfig, *, router: Route
     answer = done.text.strip()
     stats = run_stats(state, steps, done, router)
     emit({"type": "final", "answer": answer, "stats": stats.model_dump()})
-    update: dict[str, Any] = {"glimp_answer": answer, "glimp_stats": stats}
+    update: GlimpState = {"glimp_answer": answer, "glimp_stats": stats}
     if state.get("glimp_from_messages"):
         update["messages"] = [AIMessage(content=answer, additional_kwargs={"reasoning_content": reasoning})]
     return update
 
 
-def run_stats(state: dict[str, Any], steps: list[Step], final: Completion, router: Router) -> RunStats:
+def run_stats(state: GlimpState, steps: list[Step], final: Completion, router: Router) -> RunStats:
     """Aggregate the steps and the final answer into :class:`RunStats`."""
     small = [s for s in steps if s.model == "small"]
     large = [s for s in steps if s.model == "large"]

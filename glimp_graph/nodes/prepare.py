@@ -1,14 +1,17 @@
-"""The ``prepare`` node: validate the input and reset the router's keys for a new run."""
+"""The ``prepare`` node: validate the input, reset the router's keys for a new run, and check both endpoints."""
 
 from __future__ import annotations
 
-import math
 import time
-from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableLambda
 
-from glimp_graph.errors import InputError
+from glimp_graph.config import check_tau
+from glimp_graph.endpoints import acheck_all, check_all
+from glimp_graph.errors import EndpointError, InputError
+from glimp_graph.nodes.common import Router, small_failed
+from glimp_graph.state import GlimpState
 
 _ROLES = {HumanMessage: "user", AIMessage: "assistant", SystemMessage: "system"}
 
@@ -34,7 +37,7 @@ def _check_text(value: str, what: str) -> str:
     return value
 
 
-def resolve(state: dict[str, Any]) -> tuple[str, list[dict[str, str]], bool]:
+def resolve(state: GlimpState) -> tuple[str, list[dict[str, str]], bool]:
     """The question, the earlier conversation, and whether the question came from ``messages``."""
     question = state.get("question")
     if question is not None:
@@ -53,13 +56,14 @@ def resolve(state: dict[str, Any]) -> tuple[str, list[dict[str, str]], bool]:
     return _check_text(_text(messages[last_human]), "the last human message"), history, True
 
 
-def prepare(state: dict[str, Any], *, default_tau: float) -> dict[str, Any]:
+def prepare(state: GlimpState, *, default_tau: float) -> GlimpState:
     """Read the question and per-run overrides, and start a fresh reasoning trace."""
     question, history, from_messages = resolve(state)
     tau = state.get("glimp_tau")
-    tau = default_tau if tau is None else tau
-    if isinstance(tau, bool) or not isinstance(tau, int | float) or math.isnan(tau):
-        raise InputError(f"glimp_tau must be a number of nats or +/-inf, got {tau!r}")
+    try:
+        run_tau = check_tau(default_tau if tau is None else tau, name="glimp_tau")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     return {
         # the per-run inputs are consumed: a checkpointed thread must not replay them in its next run
         "question": None,
@@ -67,7 +71,7 @@ def prepare(state: dict[str, Any], *, default_tau: float) -> dict[str, Any]:
         "glimp_question": question,
         "glimp_history": history,
         "glimp_from_messages": from_messages,
-        "glimp_run_tau": float(tau),
+        "glimp_run_tau": run_tau,
         "glimp_steps": [],
         "glimp_probe": None,
         "glimp_decision": None,
@@ -79,3 +83,55 @@ def prepare(state: dict[str, Any], *, default_tau: float) -> dict[str, Any]:
         "glimp_small_down": None,
         "glimp_started": time.time(),
     }
+
+
+def checked(update: GlimpState, router: Router, failures: list[EndpointError | None]) -> GlimpState:
+    """Apply the endpoint check to the fresh run's ``update``: raise, or drop the small model for the run.
+
+    Args:
+        update: What :func:`prepare` returned.
+        router: The router (its settings say whether a dead small model falls back).
+        failures: The small and the large endpoint's check errors (``None``: it answered).
+
+    Raises:
+        EndpointError: The large endpoint failed its check, or the small one did and may not fall back.
+
+    """
+    small, large = failures
+    reason = small_failed(router, small) if small is not None else None
+    if small is not None and reason is None:
+        raise small
+    if large is not None:
+        raise large
+    if reason is not None:
+        update["glimp_small_down"] = reason
+    return update
+
+
+def prepare_node(router: Router, *, default_tau: float) -> RunnableLambda:
+    """The ``prepare`` node: :func:`prepare`, then both endpoints checked at once, before any completion.
+
+    Each endpoint is contacted once per graph (``GET /models``, kept by its client), so a dead large server is
+    named before the small model writes a step; a dead small one hands the run to the large model (or raises,
+    per ``on_small_failure``). The sync body checks in threads, the async one with ``asyncio.gather``.
+
+    Args:
+        router: The settings and the two clients.
+        default_tau: The threshold of a run that does not set ``glimp_tau``.
+
+    Returns:
+        A ``RunnableLambda`` named ``prepare``, with a sync and an async body.
+
+    """
+    clients = [router.small, router.large]
+
+    def run(state: GlimpState) -> GlimpState:
+        update = prepare(state, default_tau=default_tau)
+        return checked(update, router, check_all(clients))
+
+    async def arun(state: GlimpState) -> GlimpState:
+        update = prepare(state, default_tau=default_tau)
+        return checked(update, router, await acheck_all(clients))
+
+    run.__name__ = arun.__name__ = "prepare"
+    return RunnableLambda(run, afunc=arun, name="prepare")

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
-from typing import Any
 
-from langchain_core.runnables import RunnableConfig
-
-from glimp_graph.endpoints import Call, Completion
 from glimp_graph.errors import EndpointError
 from glimp_graph.nodes.common import (
+    NodeLogic,
     Router,
     conversation,
     small_failed,
@@ -19,34 +15,21 @@ from glimp_graph.nodes.common import (
     trace_metadata,
     trace_prefix,
 )
-from glimp_graph.scorers import StepContext
-from glimp_graph.state import Probe
+from glimp_graph.scorers import Probe, StepContext
+from glimp_graph.state import GlimpState
 
 
-def _forced_large(index: int, scorer: str, note: str) -> Probe:
-    return Probe(
-        index=index,
-        kind="none",
-        token="",
-        eos=False,
-        h_init=None,
-        score=math.inf,
-        scorer=scorer,
-        tokens=0,
-        seconds=0.0,
-        forced="large",
-        note=note,
-    )
+def probe(state: GlimpState, router: Router) -> NodeLogic:
+    """Score the next step before routing it; GlimpRouter's scorer estimates the entropy of its first token.
 
-
-def probe(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> Generator[Call, Completion, dict]:
-    """Score the next step before routing it; GlimpRouter's scorer estimates the entropy of its first token."""
+    While the small model is down (or when its server fails now and the run falls back), no model is called and
+    the step is forced to the large model.
+    """
     index = len(steps_of(state))
     down = state.get("glimp_small_down")
-    update: dict[str, Any] = {}
-    if down:
-        result = _forced_large(index, router.scorer.name, down)
-    else:
+    update: GlimpState = {}
+    result: Probe | None = None
+    if not down:
         ctx = StepContext(
             index=index,
             question=state["glimp_question"],
@@ -63,11 +46,12 @@ def probe(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> G
         try:
             result = yield from router.scorer.glimpse(ctx)
         except EndpointError as exc:
-            reason = small_failed(router, exc) if exc.role == "small" else None
-            if reason is None:
+            down = small_failed(router, exc) if exc.role == "small" else None
+            if down is None:
                 raise
-            result = _forced_large(index, router.scorer.name, reason)
-            update["glimp_small_down"] = reason
+            update["glimp_small_down"] = down
+    if result is None:
+        result = Probe.no_call(index, router.scorer.name, math.inf, forced="large", note=down)
     called = result.kind != "none"
     return {
         **update,

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from langgraph.types import Command
 
 from glimp_graph.nodes.common import emit
-from glimp_graph.state import Decision
+from glimp_graph.state import Decision, GlimpState
 
 
-def route(state: dict[str, Any]) -> Command[Literal["small_step", "large_step"]]:
+def route(state: GlimpState) -> Command[Literal["small_step", "large_step"]]:
     """Send the step to the small model when ``score <= tau`` (GlimpRouter: ``H_init <= tau``), else the large.
 
     A probe forced to one model (the small model's server failed and the run falls back) overrides the score.

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any
-
-from langchain_core.runnables import RunnableConfig
-
-from glimp_graph.endpoints import Call, Completion, Request
+from glimp_graph.endpoints import Request, Role, StepEnd
 from glimp_graph.errors import EndpointError
 from glimp_graph.nodes.common import (
+    NodeLogic,
     Router,
     conversation,
     emit,
@@ -20,10 +16,11 @@ from glimp_graph.nodes.common import (
     trace_metadata,
     trace_prefix,
 )
-from glimp_graph.state import Probe, Role, Step, StepEnd, StopReason
+from glimp_graph.scorers import Probe
+from glimp_graph.state import Decision, GlimpState, Step, StopReason
 
 
-def _request(state: dict[str, Any], router: Router, role: Role, prefix: str, max_tokens: int) -> Request:
+def _request(state: GlimpState, router: Router, role: Role, prefix: str, max_tokens: int) -> Request:
     probe: Probe = state["glimp_probe"]
     return Request(
         messages=conversation(state, router),
@@ -37,7 +34,7 @@ def _request(state: dict[str, Any], router: Router, role: Role, prefix: str, max
     )
 
 
-def small_step(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> Generator[Call, Completion, dict]:
+def small_step(state: GlimpState, router: Router) -> NodeLogic:
     """The small model's step: the accepted draft, or a continuation of the probed token (unless reuse is off).
 
     If the small model's server fails mid-step and ``on_small_failure="fallback"``, the large model writes the
@@ -76,12 +73,12 @@ def small_step(state: dict[str, Any], config: RunnableConfig, *, router: Router)
     return update
 
 
-def large_step(state: dict[str, Any], config: RunnableConfig, *, router: Router) -> Generator[Call, Completion, dict]:
+def large_step(state: GlimpState, router: Router) -> NodeLogic:
     """The large model writes the whole step from the trace (a probed token or a draft is not used)."""
-    return (yield from _large_writes(state, router, note=state["glimp_probe"].note))
+    return (yield from _large_writes(state, router, note=state["glimp_decision"].note))
 
 
-def _large_writes(state: dict[str, Any], router: Router, *, note: str | None) -> Generator[Call, Completion, dict]:
+def _large_writes(state: GlimpState, router: Router, *, note: str | None) -> NodeLogic:
     done = yield router.large, _request(state, router, "large", trace_prefix(state, router), step_budget(state, router))
     end = done.end
     if not done.text and end == "stop":
@@ -106,7 +103,7 @@ def _stop_reason(text: str, end: StepEnd, steps: list[Step], router: Router) -> 
 
 
 def finish_step(
-    state: dict[str, Any],
+    state: GlimpState,
     router: Router,
     role: Role,
     text: str,
@@ -115,19 +112,23 @@ def finish_step(
     end: StepEnd,
     *,
     note: str | None = None,
-) -> dict[str, Any]:
-    """Record the step and whether the reasoning ends with it."""
+) -> GlimpState:
+    """Record the step (with the routing decision and the probe that led to it) and whether the reasoning ends.
+
+    ``role`` is who wrote the step: the decided model, or the large one when the small model failed mid-step.
+    """
+    decision: Decision = state["glimp_decision"]
     probe: Probe = state["glimp_probe"]
     steps = steps_of(state)
     text, stop = _stop_reason(text, end, steps, router)
     step = Step(
-        index=probe.index,
+        index=decision.index,
         model=role,
         text=text,
-        h_init=probe.h_init,
-        score=probe.score,
-        scorer=probe.scorer,
-        tau=state["glimp_run_tau"],
+        h_init=decision.h_init,
+        score=decision.score,
+        scorer=decision.scorer,
+        tau=decision.tau,
         probe_token=probe.token if probe.kind == "token" else "",
         tokens=tokens,
         seconds=seconds,
@@ -141,5 +142,5 @@ def finish_step(
         stop = "token_budget"
     if stop is None and len(steps) >= router.config.max_steps:
         stop = "step_budget"
-    emit({"type": "step", **step.model_dump(), "stop_reason": stop})
+    emit({"type": "step", **step.model_dump(), "stop_reason": stop, "delimiter": router.config.delimiter})
     return {"glimp_steps": steps, "glimp_stop": stop}

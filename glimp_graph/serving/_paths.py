@@ -1,14 +1,32 @@
-"""Cache-directory helpers and an inter-process file lock (standard library only)."""
+"""The cache's files: its directory, an inter-process lock, completion stamps, hashes and log tails."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
-import sys
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["default_cache_dir", "file_lock", "resolve_cache_dir", "tail"]
+from filelock import FileLock
+
+__all__ = [
+    "STAMP",
+    "default_cache_dir",
+    "file_lock",
+    "read_stamp",
+    "resolve_cache_dir",
+    "safe_name",
+    "sha256_file",
+    "tail",
+    "write_stamp",
+]
+
+STAMP = ".glimp-complete.json"
+"""Name of the file that marks a cached folder complete (see :func:`write_stamp`)."""
+_CHUNK = 1 << 20
 
 
 def default_cache_dir() -> Path:
@@ -37,29 +55,81 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` for the duration of the block.
+    """Hold an exclusive inter-process lock on ``path`` for the duration of the block.
 
-    On platforms without :mod:`fcntl` the lock is a no-op.
+    The lock is :class:`filelock.FileLock` (``flock`` on Unix, ``msvcrt`` locking on Windows); it waits as long
+    as another process or thread holds it.
 
     Args:
-        path: The lock file (created if missing; never deleted).
+        path: The lock file (created if missing, with its folder; never deleted).
 
     Yields:
         Nothing; the lock is held inside the block.
 
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    if sys.platform == "win32":  # pragma: no cover - no fcntl
+    with FileLock(path):
         yield
-        return
-    import fcntl
 
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+def sha256_file(path: Path) -> str:
+    """Return the lower-case hex sha256 of a file, read in 1 MiB blocks.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The digest.
+
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def safe_name(text: str) -> str:
+    """Turn a model name or alias into a short file-name part (other characters become ``_``).
+
+    Args:
+        text: Any text.
+
+    Returns:
+        At most 60 characters of ``[A-Za-z0-9._-]``; ``"model"`` when nothing is left.
+
+    """
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:60] or "model"
+
+
+def write_stamp(directory: Path, record: Mapping[str, object]) -> None:
+    """Mark a cached folder complete: write ``record`` as JSON to its :data:`STAMP` file, atomically.
+
+    Args:
+        directory: The folder (it must exist).
+        record: What the folder was built from (versions, pins, timings).
+
+    """
+    tmp = directory / (STAMP + ".tmp")
+    tmp.write_text(json.dumps(dict(record), indent=1), encoding="utf-8")
+    os.replace(tmp, directory / STAMP)
+
+
+def read_stamp(directory: Path) -> dict[str, object] | None:
+    """Return the record of a folder's :data:`STAMP` file, or ``None`` when it is missing or unreadable.
+
+    Args:
+        directory: The folder.
+
+    Returns:
+        The record written by :func:`write_stamp`, or ``None`` (the folder is not complete).
+
+    """
+    try:
+        record = json.loads((directory / STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def tail(text_or_path: str | Path, lines: int = 30) -> str:

@@ -13,7 +13,10 @@ Two builds exist (see :func:`cmake_flags`):
   AMX instructions that a Linux process must first request from the kernel, and the build died with SIGILL at its
   first matrix product. Naming the features from the kernel's own list keeps AVX-512/VNNI/BF16 speed and never
   compiles in an instruction the kernel did not report. On other architectures it is ggml's native build.
-- the **portable** build: no instruction-set extension beyond the architecture's baseline (x86-64: SSE2). It is
+- the **portable** build: x86-64's common tiers only, no AVX-512, no AMX: x86-64-v3 (AVX2, FMA, F16C, BMI2:
+  every x86 server CPU since about 2015) when the kernel lists all of it, else SSE4.2, else plain x86-64. A
+  baseline-only build decoded about 10-20x slower on the Qwen 0.5B here (docs/ARCHITECTURE.md), so the tier is
+  kept where the CPU has it. On other architectures it is ggml's build without native tuning. It is
   built once, automatically, when a server of the default build dies by a crash signal before it is ready
   (:func:`record_crash`), or on request (``glimp fetch --portable``).
 """
@@ -25,18 +28,15 @@ import hashlib
 import logging
 import os
 import platform
-import re
 import shutil
 import signal
-import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
 
-from glimp_graph.serving._paths import file_lock, resolve_cache_dir, tail
+from glimp_graph.serving._commands import pip_download, run_logged
+from glimp_graph.serving._paths import file_lock, resolve_cache_dir, sha256_file, tail
 from glimp_graph.serving.errors import ServingError
 
 __all__ = [
@@ -87,10 +87,16 @@ _X86_OPTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("GGML_AVX512_VNNI", ("avx512f", "avx512_vnni")),
     ("GGML_AVX512_BF16", ("avx512f", "avx512_bf16")),
 )
+#: The portable build's tiers, best first: the options switched on and the flags each needs (x86-64-v3, v2).
+_X86_PORTABLE_TIERS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (
+        ("GGML_SSE42", "GGML_AVX", "GGML_AVX2", "GGML_BMI2", "GGML_FMA", "GGML_F16C"),
+        ("sse4_2", "avx", "avx2", "bmi2", "fma", "f16c"),
+    ),
+    (("GGML_SSE42",), ("sse4_2",)),
+)
 #: Never compiled in: AMX needs a per-process permission from the kernel (see the module docstring).
 _X86_ALWAYS_OFF: tuple[str, ...] = ("GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16")
-_PROGRESS_RE = re.compile(r"^\[\s*(\d+)%\]")
-_NINJA_PROGRESS_RE = re.compile(r"^\[(\d+)/(\d+)\]")
 
 
 def _is_x86_64(machine: str | None = None) -> bool:
@@ -130,7 +136,8 @@ def cmake_flags(
     """Return the CMake configure flags of the default or the portable build.
 
     Args:
-        portable: ``True`` for the portable build (no instruction-set extension beyond the baseline).
+        portable: ``True`` for the portable build (x86-64: the best of x86-64-v3, SSE4.2 or the baseline that
+            ``features`` cover; no AVX-512, no AMX).
         features: CPU feature flags to build for; ``None`` means :func:`cpu_features` of this machine.
         machine: The architecture (``platform.machine()``); ``None`` means this machine's.
 
@@ -140,8 +147,12 @@ def cmake_flags(
     """
     if not _is_x86_64(machine):
         return [*_BASE_FLAGS, f"-DGGML_NATIVE={'OFF' if portable else 'ON'}"]
-    have = frozenset() if portable else frozenset(cpu_features() if features is None else features)
-    isa = [f"-D{option}={'ON' if set(needs) <= have else 'OFF'}" for option, needs in _X86_OPTIONS]
+    have = frozenset(cpu_features() if features is None else features)
+    if portable:
+        tier = next((options for options, needs in _X86_PORTABLE_TIERS if set(needs) <= have), ())
+        isa = [f"-D{option}={'ON' if option in tier else 'OFF'}" for option, _ in _X86_OPTIONS]
+    else:
+        isa = [f"-D{option}={'ON' if set(needs) <= have else 'OFF'}" for option, needs in _X86_OPTIONS]
     return [*_BASE_FLAGS, "-DGGML_NATIVE=OFF", *isa, *(f"-D{option}=OFF" for option in _X86_ALWAYS_OFF)]
 
 
@@ -279,54 +290,17 @@ def _generator_args() -> list[str]:
     raise ServingError(f"building llama-server needs `make` or `ninja`; {hint}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fetch_sdist(src_dir: Path) -> Path:
-    name = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
-    sdist = src_dir / name
+    """Return the pinned sdist in ``src_dir``, downloading it (sha256-checked by pip) when it is missing."""
+    sdist = src_dir / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
     if sdist.is_file():
-        if _sha256(sdist) == LLAMA_CPP_PYTHON_SHA256:
+        if sha256_file(sdist) == LLAMA_CPP_PYTHON_SHA256:
             return sdist
         sdist.unlink()  # a cached file that is not the pinned one is never built
     src_dir.mkdir(parents=True, exist_ok=True)
     requirement = f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
     with tempfile.TemporaryDirectory(prefix="glimp-sdist-", dir=src_dir) as tmp:
-        # --require-hashes: pip checks the archive against the pin before it prepares (runs) anything of it
-        pinned = Path(tmp) / "requirements.txt"
-        pinned.write_text(f"{requirement} --hash=sha256:{LLAMA_CPP_PYTHON_SHA256}\n")
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--require-hashes",
-            "--disable-pip-version-check",
-            "-d",
-            tmp,
-            "-r",
-            str(pinned),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise ServingError(
-                f"pip download of llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} (sdist) failed "
-                f"(exit {proc.returncode}):\n{tail(proc.stderr or proc.stdout, 20)}"
-            )
-        found = sorted(Path(tmp).glob("*.tar.gz"))
-        if not found:
-            raise ServingError(f"pip download of {requirement} produced no sdist")
-        if (got := _sha256(found[0])) != LLAMA_CPP_PYTHON_SHA256:
-            raise ServingError(f"{found[0].name}: sha256 {got} is not the pinned {LLAMA_CPP_PYTHON_SHA256}")
-        os.replace(found[0], sdist)
+        os.replace(pip_download(requirement, Path(tmp), sdist=True, sha256=LLAMA_CPP_PYTHON_SHA256), sdist)
     return sdist
 
 
@@ -344,30 +318,6 @@ def _extract_llama_cpp(sdist: Path, dest: Path) -> Path:
     if not (root / "CMakeLists.txt").is_file():
         raise ServingError(f"{sdist.name}: vendor/llama.cpp has no CMakeLists.txt")
     return root
-
-
-def _run_logged(cmd: list[str], log: TextIO, *, bar: Any = None, cwd: Path | None = None) -> int:
-    """Run ``cmd`` appending its merged output to ``log``; advance ``bar`` from progress lines."""
-    log.write(f"$ {' '.join(cmd)}\n")
-    log.flush()
-    with subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if bar is not None:
-                pct = None
-                if match := _PROGRESS_RE.match(line):
-                    pct = int(match.group(1))
-                elif match := _NINJA_PROGRESS_RE.match(line):
-                    pct = 100 * int(match.group(1)) // max(1, int(match.group(2)))
-                if pct is not None and pct > bar.n:
-                    bar.update(pct - bar.n)
-        rc = proc.wait()
-    log.write(f"# exit code {rc}\n")
-    log.flush()
-    return rc
 
 
 def build_llama_server(
@@ -441,10 +391,10 @@ def _build(root: Path, target: Path, *, portable: bool, progress: bool, jobs: in
                 *generator,
                 *cmake_flags(portable=portable),
             ]
-            rc = _run_logged(configure, log)
+            rc = run_logged(configure, log)
             if rc == 0:
                 build = [cmake, "--build", str(build_dir), "--target", "llama-server", "-j", str(jobs)]
-                rc = _run_logged(build, log, bar=bar)
+                rc = run_logged(build, log, bar=bar)
             if rc != 0:
                 raise ServingError(
                     f"building llama-server failed (exit {rc}); full log: {log_path}\n"

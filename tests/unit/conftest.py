@@ -149,6 +149,8 @@ class FakeServer:
         owned_by: What ``GET /v1/models`` reports (``"vllm"``, ``"llamacpp"``, ...).
         model_extra: More fields of the model entry (``{"meta": {"n_ctx": ...}}``, ``{"max_model_len": ...}``).
         handler: ``(body) -> dict | (status, text)``, answers ``POST /v1/chat/completions``.
+        models_hook: Called on each ``GET /v1/models`` before it is answered; a ``(status, text)`` it returns
+            is sent instead of the model list (``None``: the model list).
         requests: Parsed JSON bodies of the chat completion requests, in order.
         paths: ``(method, path)`` of every request, in order.
 
@@ -158,6 +160,7 @@ class FakeServer:
         self.owned_by = owned_by
         self.model_extra: dict[str, Any] = {}
         self.handler: Handler = lambda body: (500, "no handler set in the test")
+        self.models_hook: Callable[[], tuple[int, str] | None] | None = None
         self.requests: list[dict[str, Any]] = []
         self.paths: list[tuple[str, str]] = []
         self.errors: list[str] = []
@@ -180,7 +183,10 @@ class FakeServer:
             def do_GET(self) -> None:
                 with fake._lock:
                     fake.paths.append(("GET", self.path))
-                if self.path.rstrip("/") == "/v1/models":
+                hooked = fake.models_hook() if fake.models_hook and self.path.rstrip("/") == "/v1/models" else None
+                if hooked is not None:
+                    self._send(*hooked)
+                elif self.path.rstrip("/") == "/v1/models":
                     models = {
                         "object": "list",
                         "data": [

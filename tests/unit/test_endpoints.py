@@ -15,6 +15,7 @@ from glimp_graph import (
     create_glimp_graph,
 )
 from glimp_graph.endpoints import ModelClient, Request
+from glimp_graph.errors import EndpointUnavailableError
 from tests.unit.conftest import FakeServer, chat_response, endpoint, unused_port
 
 SECRET = "sk-secret-123"
@@ -117,6 +118,46 @@ def test_async_complete_matches_sync(fake_small: FakeServer) -> None:
     done = asyncio.run(model.acomplete(step_request("old")))
     assert done.text == " new"
     assert model.complete(step_request("old")).text == " new"
+
+
+# --------------------------------------------------------------------------- the check before the first completion
+
+
+def of_kind(fake: FakeServer, kind: str) -> ModelClient:
+    return ModelClient(endpoint(fake).model_copy(update={"server": kind}), "small")
+
+
+def test_check_with_an_explicit_server_kind_keeps_it_and_learns_the_context(fake_small: FakeServer) -> None:
+    fake_small.owned_by = "llamacpp"
+    fake_small.model_extra = {"meta": {"n_ctx": 512, "n_vocab": 1000}}
+    model = of_kind(fake_small, "vllm")
+    model.check()
+    asyncio.run(model.acheck())
+    assert (model.server_kind(), model.context_length, model.vocab_size) == ("vllm", 512, 1000)
+    assert fake_small.paths == [("GET", "/v1/models")]  # once per client
+
+
+def test_check_accepts_an_explicit_server_kind_without_models(fake_small: FakeServer) -> None:
+    fake_small.models_hook = lambda: (404, '{"error": {"message": "no route"}}')
+    fake_small.handler = lambda body: chat_response(" more", stop_reason="\n\n")
+    model = of_kind(fake_small, "vllm")
+    model.check()
+    assert model.checked and model.context_length is None
+    assert model.complete(step_request("p")).text == " more"
+    with pytest.raises(EndpointError, match="HTTP 404"):  # "auto" needs GET /models to learn the kind
+        client(fake_small).check()
+
+
+@pytest.mark.parametrize("server", ["auto", "vllm"])
+def test_a_failed_check_is_not_remembered(fake_small: FakeServer, server: str) -> None:
+    fake_small.models_hook = lambda: (503, '{"error": {"message": "loading model"}}')
+    model = of_kind(fake_small, server)
+    with pytest.raises(EndpointUnavailableError, match="HTTP 503"):
+        model.check()
+    assert not model.checked
+    fake_small.models_hook = None
+    asyncio.run(model.acheck())
+    assert model.checked
 
 
 # --------------------------------------------------------------------------- errors

