@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.integration.sockets import stop_process
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,10 +161,5 @@ def test_studio_langgraph_dev_serves_the_graph(smol_pair, tmp_path):
         assert result["glimp_answer"], result
         assert result["glimp_steps"] and result["glimp_stats"]["steps"] == len(result["glimp_steps"])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()

@@ -1,10 +1,10 @@
-"""Server faults with real llama.cpp servers: the small server dies mid-run, the large one is down and comes back."""
+"""Server faults with real llama.cpp servers: the small server dies mid-run; the large one dies mid-run and comes
+back, and the run resumes from its checkpoint."""
 
 from __future__ import annotations
 
 import os
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from glimp_graph import Endpoint, create_glimp_graph
 from glimp_graph.errors import EndpointUnavailableError
-from glimp_graph.serving import LlamaServer, build_llama_server, fetch_model, find_llama_server
+from glimp_graph.serving import LlamaServer, ensure_llama_server, fetch_model
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ SMOL = {
 @pytest.fixture(scope="module")
 def smol_parts() -> tuple[Path, Path, Path | None]:
     cache = Path(os.environ["GLIMP_CACHE_DIR"]) if os.environ.get("GLIMP_CACHE_DIR") else None
-    binary = find_llama_server(cache) or build_llama_server(cache)
+    binary = ensure_llama_server(cache)
     return binary, fetch_model("smollm2-135m", cache), cache
 
 
@@ -59,20 +59,35 @@ def test_small_server_dies_mid_run_and_the_large_model_finishes(smol_parts):
         assert result["glimp_answer"]
 
 
-def test_large_server_down_is_named_and_the_run_resumes_when_it_is_back(smol_parts):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    large_url = f"http://127.0.0.1:{port}/v1"
-    with _start(smol_parts) as small:
+def test_large_server_dies_after_two_steps_and_the_resumed_run_repeats_none(smol_parts, recorder):
+    """tau=-inf: every step is the large model's. It dies once two steps are done; the run fails naming it, the
+    two steps are in the checkpoint; it comes back on the same port and the same thread resumes: every step is
+    written once, the two saved ones are neither written nor probed again."""
+    with _start(smol_parts) as small, _start(smol_parts) as large:
         graph = create_glimp_graph(
-            _endpoint(small), _endpoint(large_url), config={**SMOL, "tau": -float("inf")}, checkpointer=InMemorySaver()
+            _endpoint(small), _endpoint(large), config={**SMOL, "tau": -float("inf")}, checkpointer=InMemorySaver()
         )
-        config = {"configurable": {"thread_id": "large-down"}}
-        with pytest.raises(EndpointUnavailableError, match=re.escape(f"large model at {large_url}: cannot connect")):
-            graph.invoke({"question": QUESTION}, config)
-        assert graph.get_state(config).next == ("large_step",)  # the run waits at the step that failed
-        with _start(smol_parts, port=port):
-            out = graph.invoke(None, config)  # resume: same thread, no new input
-        assert [s.index for s in out["glimp_steps"]] == list(range(len(out["glimp_steps"])))
-        assert {s.model for s in out["glimp_steps"]} == {"large"} and out["glimp_answer"]
+        config = {"configurable": {"thread_id": "large-dies"}}
+        saved = []
+        with pytest.raises(
+            EndpointUnavailableError, match=re.escape(f"large model at {large.base_url}: cannot connect")
+        ):
+            for values in graph.stream({"question": QUESTION}, config, stream_mode="values"):
+                if len(values.get("glimp_steps") or []) == 2 and not saved:
+                    saved = list(values["glimp_steps"])  # the values after the superstep that wrote step 1
+                    large.stop()
+        assert [s.index for s in saved] == [0, 1] and {s.model for s in saved} == {"large"}
+        state = graph.get_state(config)
+        assert state.next == ("large_step",)  # the run waits at step 2, which failed
+        assert state.values["glimp_steps"] == saved
+
+        with _start(smol_parts, port=large.port):
+            out = graph.invoke(None, {**config, "callbacks": [recorder]})  # resume: same thread, no new input
+        steps = out["glimp_steps"]
+        assert [s.index for s in steps] == list(range(len(steps))) and len(steps) >= 3
+        assert steps[:2] == saved  # the steps completed before the crash, unchanged
+        assert {s.model for s in steps} == {"large"} and out["glimp_answer"]
+        names = [call["name"] for call in recorder.calls]
+        assert names.count("large_step") == len(steps) - 2  # steps 2.. only: none of the saved ones again
+        assert names.count("probe") == len(steps) - 3  # step 2's probe was saved too
+        assert names[-1] == "final_answer"

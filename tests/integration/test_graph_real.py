@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 
 from glimp_graph import create_glimp_graph
-from glimp_graph.eval import extract_answer, grade_integer
 from glimp_graph.scorers import TokenEntropy
+from tests.integration.easy_problems import CONFIG as EASY_CONFIG
+from tests.integration.easy_problems import PROBLEMS, check_mostly_right
 
 pytestmark = pytest.mark.integration
 
@@ -104,20 +104,10 @@ def test_async_invoke_on_real_servers(smol_pair):
     assert out["glimp_steps"] and out["glimp_answer"]
 
 
-def test_gsm8k_problem_is_answered_and_graded(qwen_pair, data_dir, record_property):
-    """Qwen2.5-Coder 0.5B + 1.5B on the first GSM8K dev problem; the grade is reported, not asserted."""
-    row = json.loads((data_dir / "gsm8k_dev.jsonl").read_text().splitlines()[0])
-    graph = create_glimp_graph(*qwen_pair, config={"tau": 1.0, "max_step_tokens": 256, "max_thinking_tokens": 1024})
-    out = graph.invoke({"question": row["question"]})
-    answer, stats = out["glimp_answer"], out["glimp_stats"]
-    predicted = extract_answer(answer) or extract_answer("\n\n".join(s.text for s in out["glimp_steps"]))
-    correct = grade_integer(predicted, row["answer_number"])
-    record_property("gsm8k_correct", correct)
-    print(
-        f"\nGSM8K {row['id']}: predicted={predicted!r} gold={row['answer_number']} correct={correct} "
-        f"steps={stats.steps} large_share={stats.large_share:.2f} wall={stats.wall_seconds:.1f}s "
-        f"probe_mean={stats.probe_seconds / max(stats.probes, 1) * 1000:.0f}ms stop={stats.stop_reason}"
-    )
-    assert out["glimp_steps"] and answer
-    assert predicted is not None, f"no answer could be extracted from {answer!r}"
-    assert stats.steps == stats.small_steps + stats.large_steps
+def test_easy_problems_are_mostly_answered_right(qwen_pair, record_property):
+    """Qwen2.5-Coder 0.5B + 1.5B through the graph on eight easy word problems: most are answered right."""
+    # measured on an AMD EPYC, 2 cores: 7/8 right, the reasoning reached 7/8 (this fixture: temperature 0.6, seed
+    # 7); 8/8 at seed 1, 6/8 greedy. A broken pipeline (a garbled trace, a lost step, a bad answer prompt) falls
+    # far below the bound; the noise of one problem or two does not.
+    graph = create_glimp_graph(*qwen_pair, config=EASY_CONFIG)
+    check_mostly_right(graph, PROBLEMS, at_least=4, record=record_property)

@@ -9,11 +9,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import httpx
 import openai
 import pytest
 from langchain_openai import ChatOpenAI
+
+from tests.integration.sockets import listeners, listeners_of, owners, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +31,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class Router(NamedTuple):
+    """The running ``glimp serve-router``: its base URL and process id."""
+
+    url: str
+    pid: int
+
+
 @pytest.fixture(scope="module")
-def router_url(smol_pair, tmp_path_factory):
+def router(smol_pair, tmp_path_factory):
     small, large = smol_pair
     port = _free_port()
     log_path = tmp_path_factory.mktemp("router") / "serve-router.log"
     command = [
         sys.executable,
         "-c",
-        "from glimp_graph.cli_serve_router import serve_router; serve_router()",
+        "from glimp_graph.cli.serve_router import serve_router; serve_router()",
         "--small-url",
         small.base_url,
         "--large-url",
@@ -72,14 +83,24 @@ def router_url(smol_pair, tmp_path_factory):
                 pass
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.3)
-        yield url
+        yield Router(url, proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
+
+
+@pytest.fixture
+def router_url(router):
+    return router.url
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_router_listens_on_loopback_only(router):
+    """Started without ``--host``, uvicorn's socket is on 127.0.0.1 and nowhere else (read from /proc)."""
+    port = urlsplit(router.url).port
+    on_port = [listener for listener in listeners() if listener.port == port]
+    assert [listener.address for listener in on_port] == ["127.0.0.1"], on_port  # no 0.0.0.0 or :: listener
+    assert owners(on_port[0].inode) == {router.pid}
+    assert {listener.address for listener in listeners_of(router.pid)} == {"127.0.0.1"}, listeners_of(router.pid)
 
 
 def test_openai_client_non_streaming_and_streaming(router_url):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -24,10 +25,11 @@ import pytest
 from glimp_graph import STEPS, Endpoint, create_glimp_graph
 from glimp_graph.endpoints import ModelClient, Request
 from glimp_graph.entropy import exact, lower_bound, renormalized, upper_bound
-from glimp_graph.eval import extract_answer, grade_integer
-from glimp_graph.serving import LlamaServer, build_llama_server, fetch_model, find_llama_server
-from glimp_graph.serving.vllm import VllmServer, dequantize_gguf, ensure_vllm_env
+from glimp_graph.serving import LlamaServer, ensure_llama_server, fetch_model
+from glimp_graph.serving.vllm import VLLM_CPU_VERSION, VllmServer, dequantize_gguf, ensure_vllm_env
 from tests.integration.conftest import cache_dir
+from tests.integration.easy_problems import CONFIG as EASY_CONFIG
+from tests.integration.easy_problems import ONE_STEP, check_mostly_right
 
 pytestmark = [
     pytest.mark.integration,
@@ -53,7 +55,7 @@ def servers() -> Iterator[tuple[VllmServer, LlamaServer]]:
     folder = dequantize_gguf(SMALL, cache)
     timings["dequantize"] = time.perf_counter() - start
     start = time.perf_counter()
-    binary = find_llama_server(cache) or build_llama_server(cache)
+    binary = ensure_llama_server(cache)
     large_gguf = fetch_model(LARGE, cache)
     timings["llama-server + 1.5B weights"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -114,20 +116,13 @@ def test_tau_minus_inf_sends_every_step_to_the_large_model(endpoints, recorder):
     assert names.count("probe") == len(steps)  # every step was still probed by the small (vLLM) model
 
 
-def test_gsm8k_problem_answered_and_graded(endpoints):
-    problem = _gsm8k(1)[0]
-    config = {"tau": 1.0, "max_step_tokens": 128, "max_thinking_tokens": 512, "max_steps": 8, "final_max_tokens": 64}
-    start = time.perf_counter()
-    out = create_glimp_graph(*endpoints, config=config).invoke({"question": problem["question"]})
-    seconds = time.perf_counter() - start
-    stats = out["glimp_stats"]
-    predicted = extract_answer(out["glimp_answer"])
-    correct = grade_integer(predicted, problem["answer"])
-    print(
-        f"\n[gsm8k {problem['id']}] gold={problem['answer']} predicted={predicted} correct={correct} "
-        f"steps={len(out['glimp_steps'])} large_share={stats.large_share:.2f} seconds={seconds:.1f}"
-    )
-    assert out["glimp_steps"] and out["glimp_answer"]
+def test_easy_problems_are_mostly_answered_right(endpoints, record_property):
+    """vLLM 0.5B + llama.cpp 1.5B through the graph on four one-step word problems: most are answered right."""
+    # measured on an AMD EPYC, 2 cores (this fixture: temperature 0.6, seed 7): 4/4 right and reached, in 3 runs
+    # (about 150 s a run). A broken pipeline (a garbled trace, a lost step, a bad answer prompt) falls below the
+    # bound; the noise of one problem does not.
+    graph = create_glimp_graph(*endpoints, config=EASY_CONFIG)
+    check_mostly_right(graph, ONE_STEP, at_least=2, record=record_property)
 
 
 # -- what the client relies on from vLLM -------------------------------------------------------------------------
@@ -217,7 +212,149 @@ def test_prefix_cache_hits_on_a_repeated_probe(servers, client):
         f"(hits +{after_first - before:g}), second {second.seconds:.2f} s (hits +{after_second - after_first:g})"
     )
     assert after_second - after_first >= 128  # at least one cached block reused
-    assert second.seconds <= first.seconds * 1.5 + 0.5
     assert first.top_logprobs and second.top_logprobs
-    assert [t for t, _ in second.top_logprobs] == [t for t, _ in first.top_logprobs]
-    assert [lp for _, lp in second.top_logprobs] == pytest.approx([lp for _, lp in first.top_logprobs], abs=1e-2)
+    a, b = dict(first.top_logprobs), dict(second.top_logprobs)
+    common = a.keys() & b.keys()
+    print(
+        f"[prefix cache] same order: {list(a) == list(b)}, tokens in one list only: {len(a.keys() ^ b.keys())}, "
+        f"largest log-probability difference: {max((abs(a[t] - b[t]) for t in common), default=0.0):.2e}"
+    )
+    assert_same_distribution(first.top_logprobs, second.top_logprobs)
+
+
+LOGPROB_TOL = 0.05
+"""How far two computations of the same log-probability may differ, in nats (bf16 on CPU, cached vs recomputed
+keys). Measured on an AMD EPYC: 0 (the same lists); on an Intel Xeon two near-tied tokens swapped ranks. A cache
+that served the wrong keys would move them by far more."""
+
+
+def assert_same_distribution(first: list[tuple[str, float]], second: list[tuple[str, float]]) -> None:
+    """Assert two top-k lists describe the same distribution, up to floating point.
+
+    Their order is not compared: near-tied tokens may swap places. The same tokens have log-probabilities within
+    :data:`LOGPROB_TOL`; a token in one list only is tied with the other list's last one (it fell out at the
+    boundary); the sorted log-probabilities and the renormalized entropy agree within the tolerance.
+    """
+    a, b = dict(first), dict(second)
+    for token in a.keys() & b.keys():
+        assert a[token] == pytest.approx(b[token], abs=LOGPROB_TOL), (token, a[token], b[token])
+    for own, other in ((a, b), (b, a)):
+        for token in own.keys() - other.keys():
+            lp = own[token]
+            assert lp <= min(other.values()) + LOGPROB_TOL, f"{token!r} ({lp:.4f}) is missing from the other list"
+    assert sorted(a.values()) == pytest.approx(sorted(b.values()), abs=LOGPROB_TOL)
+    assert renormalized(list(a.values())) == pytest.approx(renormalized(list(b.values())), abs=LOGPROB_TOL)
+
+
+# -- stream_mode="messages" and the recorded responses of the contract test ------------------------------------
+NODES = {"probe", "small_step", "large_step", "final_answer"}
+
+
+def _comparable(out: dict) -> tuple[list[dict], dict, str]:
+    """A run without wall times and entropies (compared apart, with a tolerance): steps, statistics, answer."""
+    volatile = {"seconds", "probe_seconds", "h_init", "score", "signals"}
+    steps = [s.model_dump(exclude=volatile) for s in out["glimp_steps"]]
+    stats = out["glimp_stats"].model_dump(exclude={"probe_seconds", "final_seconds", "wall_seconds"})
+    return steps, stats, out["glimp_answer"]
+
+
+def test_messages_mode_gives_the_same_run_as_invoke_on_vllm(endpoints, recorder):
+    """``stream_mode="messages"`` keeps vLLM's stop_reason (step ends) and the usage (token statistics)."""
+    small, large = (e.model_copy(update={"temperature": 0.0}) for e in endpoints)
+    graph = create_glimp_graph(small, large, config={**QUICK, "tau": math.inf})
+    graph.invoke({"question": QUESTION})  # warm-up: both compared runs then find the same prefix cache
+    expected = graph.invoke({"question": QUESTION})
+    chunks = list(
+        graph.stream({"question": QUESTION}, config={"callbacks": [recorder]}, stream_mode=["messages", "values"])
+    )
+    out = [c for mode, c in chunks if mode == "values"][-1]
+    assert _comparable(out) == _comparable(expected)
+    h_out, h_expected = ([s.h_init for s in run["glimp_steps"]] for run in (out, expected))
+    assert h_out == pytest.approx(h_expected, abs=LOGPROB_TOL)
+    steps = out["glimp_steps"]
+    assert all(s.end in ("delimiter", "eos", "length") for s in steps)  # never "stop": stop_reason was kept
+    assert out["glimp_stats"].small_tokens >= sum(s.tokens for s in steps) > 0
+    on_stream = [chunk[1].get("langgraph_node") for mode, chunk in chunks if mode == "messages"]
+    assert [n for n in on_stream if n in NODES] == [call["name"] for call in recorder.calls]
+
+
+RECORDED = Path(__file__).resolve().parents[1] / "unit" / "data" / "vllm_chat_completions.json"
+_CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}
+RECORD_REQUESTS = {
+    # a step continued from a partial assistant message, ended by the delimiter: stop_reason "\n\n"
+    "delimiter": {
+        "messages": [*_messages(QUESTION), {"role": "assistant", "content": "Step 1: Tom has 3 boxes"}],
+        **_CONTINUE,
+        "max_tokens": 128,
+        "stop": ["\n\n"],
+        "logprobs": True,
+        "top_logprobs": 2,
+    },
+    # a short answer ended by the end of sequence: stop_reason null
+    "eos": {
+        "messages": [{"role": "user", "content": "Reply with only the word yes."}],
+        "max_tokens": 16,
+        "stop": ["\n\n"],
+        "logprobs": True,
+        "top_logprobs": 2,
+    },
+    # the probe: one token with its top-20 log-probabilities, ended by the cap
+    "probe": {
+        "messages": [*_messages(QUESTION), {"role": "assistant", "content": "Step 1:"}],
+        **_CONTINUE,
+        "max_tokens": 1,
+        "logprobs": True,
+        "top_logprobs": 20,
+    },
+}
+
+
+def _post(server: VllmServer, body: dict) -> dict:
+    request = urllib.request.Request(
+        server.base_url + "/chat/completions",
+        data=json.dumps({**body, "model": server.alias}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def _shape(value: object) -> object:
+    """The keys and value types of a JSON value (a list by its first item), not its values."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return type(value).__name__
+
+
+def test_recorded_responses_of_the_contract_test_match_the_live_server(servers):
+    """tests/unit/data/vllm_chat_completions.json (test_contract_openai.py) holds what this vLLM answers.
+
+    ``GLIMP_RECORD_VLLM=1`` records the file anew from the live server.
+    """
+    small, _ = servers
+    if os.environ.get("GLIMP_RECORD_VLLM") == "1":
+        exchanges = [
+            {"name": name, "request": {**body, "temperature": 0.0, "seed": 7}} for name, body in RECORD_REQUESTS.items()
+        ]
+        for exchange in exchanges:
+            exchange["response"] = _post(small, exchange["request"])
+        record = {"server": f"vllm-cpu {VLLM_CPU_VERSION}", "model": small.alias, "exchanges": exchanges}
+        RECORDED.parent.mkdir(exist_ok=True)
+        RECORDED.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    recorded = json.loads(RECORDED.read_text(encoding="utf-8"))
+    assert [e["name"] for e in recorded["exchanges"]] == list(RECORD_REQUESTS)
+    for exchange in recorded["exchanges"]:
+        live = _post(small, exchange["request"])
+        want = exchange["response"]
+        assert _shape(live["choices"]) == _shape(want["choices"]), exchange["name"]
+        assert _shape(live["usage"]) == _shape(want["usage"]), exchange["name"]
+        for field in ("finish_reason", "stop_reason"):
+            assert live["choices"][0][field] == want["choices"][0][field], (exchange["name"], field)
+    ends = {
+        e["name"]: (e["response"]["choices"][0]["finish_reason"], e["response"]["choices"][0]["stop_reason"])
+        for e in recorded["exchanges"]
+    }
+    assert ends == {"delimiter": ("stop", "\n\n"), "eos": ("stop", None), "probe": ("length", None)}
