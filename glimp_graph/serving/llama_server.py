@@ -12,7 +12,8 @@ Two builds exist (see :func:`cmake_flags`):
   with ``-march=native``, which on Xeons of the 4th generation and later turns ggml's AMX kernels on; those run
   AMX instructions that a Linux process must first request from the kernel, and the build died with SIGILL at its
   first matrix product. Naming the features from the kernel's own list keeps AVX-512/VNNI/BF16 speed and never
-  compiles in an instruction the kernel did not report. On other architectures it is ggml's native build.
+  compiles in an instruction the kernel did not report. On other architectures, and where there is no
+  ``/proc/cpuinfo`` to read (not Linux), it is ggml's native build.
 - the **portable** build: x86-64's common tiers only, no AVX-512, no AMX: x86-64-v3 (AVX2, FMA, F16C, BMI2:
   every x86 server CPU since about 2015) when the kernel lists all of it, else SSE4.2, else plain x86-64. A
   baseline-only build decoded about 10-20x slower on the Qwen 0.5B here (docs/ARCHITECTURE.md), so the tier is
@@ -145,9 +146,10 @@ def cmake_flags(
         The ``-D`` flags, in order.
 
     """
-    if not _is_x86_64(machine):
-        return [*_BASE_FLAGS, f"-DGGML_NATIVE={'OFF' if portable else 'ON'}"]
     have = frozenset(cpu_features() if features is None else features)
+    if not _is_x86_64(machine) or not (have or portable):
+        # other architectures, or no kernel feature list to name (no /proc/cpuinfo: not Linux): ggml's own choice
+        return [*_BASE_FLAGS, f"-DGGML_NATIVE={'OFF' if portable else 'ON'}"]
     if portable:
         tier = next((options for options, needs in _X86_PORTABLE_TIERS if set(needs) <= have), ())
         isa = [f"-D{option}={'ON' if option in tier else 'OFF'}" for option, _ in _X86_OPTIONS]

@@ -260,6 +260,8 @@ def test_portable_build_keeps_the_common_tier_and_other_arches_stay_native() -> 
     assert "-DGGML_NATIVE=OFF" in cmake_flags(portable=True, features=X86_SPR.split(), machine="x86_64")
     assert "-DGGML_NATIVE=ON" in cmake_flags(machine="aarch64")
     assert "-DGGML_NATIVE=OFF" in cmake_flags(portable=True, machine="aarch64")
+    # no kernel feature list (no /proc/cpuinfo, e.g. macOS): the default build is ggml's native one
+    assert "-DGGML_NATIVE=ON" in cmake_flags(features=[], machine="x86_64")
 
 
 def test_two_cpus_sharing_a_cache_get_different_binaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
