@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -104,18 +103,13 @@ def serve(
 def _server_died(servers: dict[str, ManagedServer], dead: list[str]) -> str:
     """Which server of ``glimp serve`` died, how, and the last lines of its log (one message)."""
     from glimp_graph.serving._paths import tail
+    from glimp_graph.serving.process import describe_exit
 
     parts = []
     for role in dead:
         server = servers[role]
         code = server.returncode
-        if code is not None and code < 0:
-            try:
-                how = f"was killed by {signal.Signals(-code).name} (exit code {code})"
-            except ValueError:
-                how = f"was killed by signal {-code} (exit code {code})"
-        else:
-            how = f"exited with code {code}"
+        how = describe_exit(code) if code is not None else "stopped"
         parts.append(f"the {role} model's server ({server.alias}) {how}")
     alive = [role for role in servers if role not in dead]
     message = " and ".join(parts) + (f"; the {alive[0]} model's server was stopped" if alive else "")

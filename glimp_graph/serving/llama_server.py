@@ -25,6 +25,7 @@ Two builds exist (see :func:`cmake_flags`):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -104,8 +105,12 @@ def _is_x86_64(machine: str | None = None) -> bool:
     return (machine or platform.machine()).lower() in ("x86_64", "amd64")
 
 
+@functools.cache
 def _cpuinfo() -> dict[str, str]:
-    """Return the first ``model name`` and ``flags`` values of ``/proc/cpuinfo`` (empty when unavailable)."""
+    """Return the first ``model name`` and ``flags`` values of ``/proc/cpuinfo`` (empty when unavailable).
+
+    Read once per process: every binary path (default, portable, the crash marker) is keyed by it.
+    """
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -33,7 +33,7 @@ from glimp_graph.serving.llama_server import (
     record_crash,
 )
 
-__all__ = ["LlamaServer", "ManagedServer", "check_loopback", "is_loopback", "stop_all"]
+__all__ = ["LlamaServer", "ManagedServer", "check_loopback", "describe_exit", "is_loopback", "stop_all"]
 
 _BIND_FAILURE_RE = re.compile(r"couldn't bind|address already in use", re.IGNORECASE)
 _MAX_PORT_TRIES = 3
@@ -226,10 +226,7 @@ class ManagedServer:
         while True:
             code = self._process.poll()
             if code is not None:
-                how = f"exited with code {code}"
-                if code < 0:
-                    how = f"was killed by {_signal_name(-code)} (exit code {code})"
-                message = f"{self.label} for {self._alias!r} {how} before it was ready; "
+                message = f"{self.label} for {self._alias!r} {describe_exit(code)} before it was ready; "
                 message += f"log {self._log_path}:\n{tail(self._log_path, 30)}"
                 if code < 0:
                     raise ServerCrashedError(message, signal=-code)
@@ -475,6 +472,21 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+def describe_exit(code: int) -> str:
+    """Say how a process ended, from its exit status.
+
+    Args:
+        code: The status as :mod:`subprocess` reports it (``-N``: killed by signal N).
+
+    Returns:
+        ``"exited with code 1"`` or ``"was killed by SIGILL (exit code -4)"``.
+
+    """
+    if code < 0:
+        return f"was killed by {_signal_name(-code)} (exit code {code})"
+    return f"exited with code {code}"
 
 
 def stop_all(timeout: float = 5) -> None:
