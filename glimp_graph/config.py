@@ -6,16 +6,19 @@ message naming it. Nothing here reads environment variables: the CLI and the exa
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing_extensions import TypedDict
 
 from glimp_graph.endpoints import Role
 from glimp_graph.entropy import ESTIMATORS
 from glimp_graph.prompts import PRESETS, PromptTemplate
 from glimp_graph.scorers import SCORERS, Scorer
+from glimp_graph.tool_calls import check_tools
 
 
 class GlimpConfig(BaseModel):
@@ -37,7 +40,16 @@ class GlimpConfig(BaseModel):
         stop_on_repeat: End the reasoning when a step repeats the previous one.
         reuse_probe_token: The small step continues from the probed token instead of decoding it again.
         prompt: A :class:`~glimp_graph.prompts.PromptTemplate` or a preset name (``"steps"``, ``"r1"``).
+        scorer: The step scorer: a name from :data:`glimp_graph.scorers.SCORERS` or a :class:`Scorer`.
+        final_model: Which model writes the final answer.
+        on_small_failure: ``"fallback"``: a dead small server hands the rest of the run to the large model.
+        tools: Tools the final answer may call, as OpenAI tool dicts (``{"type": "function", "function":
+            {"name", "description", "parameters"}}``); the reasoning steps never carry them.
+        tool_choice: ``"auto"``, ``"required"``, ``"none"`` or ``{"type": "function", "function": {"name": ...}}``
+            (``None``: the server's default, ``"auto"`` when tools are given).
 
+    Every setting in :data:`RUN_SETTINGS` can also be set for one run through the graph's runtime context
+    (:class:`GlimpContext`); :meth:`for_run` applies such overrides.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -57,6 +69,8 @@ class GlimpConfig(BaseModel):
     scorer: str | Scorer = "glimp"
     final_model: Role = "large"
     on_small_failure: Literal["fallback", "raise"] = "fallback"
+    tools: tuple[dict[str, Any], ...] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
     @field_validator("tau")
     @classmethod
@@ -107,11 +121,47 @@ class GlimpConfig(BaseModel):
             raise ValueError(
                 f"estimator 'upper' needs vocab_size larger than top_k={self.top_k}, got vocab_size={self.vocab_size!r}"
             )
+        if self.tools is not None or self.tool_choice is not None:
+            tools, choice = check_tools(self.tools, self.tool_choice)
+            object.__setattr__(self, "tools", tuple(tools) if tools else None)
+            object.__setattr__(self, "tool_choice", choice)
         if self.max_step_tokens > self.max_thinking_tokens:
             raise ValueError(
                 f"max_step_tokens={self.max_step_tokens} exceeds max_thinking_tokens={self.max_thinking_tokens}"
             )
         return self
+
+    def for_run(self, overrides: Mapping[str, Any] | None) -> GlimpConfig:
+        """These settings with one run's ``overrides`` applied (the names in :data:`RUN_SETTINGS`), validated.
+
+        Args:
+            overrides: Setting name to value, e.g. ``{"tau": 0.5, "final_max_tokens": 64}``; ``None`` or ``{}``
+                returns these settings.
+
+        Returns:
+            The run's settings.
+
+        Raises:
+            ValueError: An unknown or not run-scoped name, or a value the setting refuses; the message names it.
+
+        """
+        if not overrides:
+            return self
+        unknown = sorted(set(overrides) - RUN_SETTINGS)
+        if unknown:
+            raise ValueError(
+                f"unknown run setting(s) {', '.join(map(repr, unknown))}; a run may set {sorted(RUN_SETTINGS)}"
+            )
+        data = {name: getattr(self, name) for name in type(self).model_fields}
+        data.update(overrides)
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']} (got {e.get('input')!r:.80})"
+                for e in exc.errors()
+            )
+            raise ValueError(f"bad run setting: {problems}") from None
 
     def estimate(self, logprobs: list[float]) -> float:
         """Apply the configured estimator to the probe's log-probabilities."""
@@ -128,6 +178,68 @@ class GlimpConfig(BaseModel):
         if isinstance(self.estimator, str):
             return self.estimator
         return getattr(self.estimator, "__name__", type(self.estimator).__name__)
+
+
+RUN_SETTINGS = frozenset(
+    {
+        "tau",
+        "top_k",
+        "max_step_tokens",
+        "max_thinking_tokens",
+        "max_steps",
+        "final_max_tokens",
+        "prompt",
+        "tools",
+        "tool_choice",
+    }
+)
+"""The settings one run may override through the graph's runtime context (:class:`GlimpContext`)."""
+
+
+class GlimpContext(TypedDict, total=False):
+    """The graph's runtime context: settings for one run, over the graph's :class:`GlimpConfig`.
+
+    Pass it as ``graph.invoke(inputs, context={"tau": 0.5})``; a LangGraph Server assistant can carry it, so one
+    deployed graph serves several thresholds. Every key is optional; the values are validated like the
+    :class:`GlimpConfig` fields of the same names, and a bad one fails the run before any model call.
+    """
+
+    tau: float
+    top_k: int
+    max_step_tokens: int
+    max_thinking_tokens: int
+    max_steps: int
+    final_max_tokens: int
+    prompt: str | dict[str, Any]
+    """A preset name (``"steps"``, ``"r1"``) or the fields of a :class:`~glimp_graph.prompts.PromptTemplate`."""
+    tools: list[dict[str, Any]]
+    tool_choice: str | dict[str, Any]
+
+
+def run_settings(context: Mapping[str, Any] | None, tau: object = None) -> dict[str, Any]:
+    """A run's overrides as plain data (stored in the run's state, so a resumed run keeps them).
+
+    Args:
+        context: The runtime context (:class:`GlimpContext`), or ``None``.
+        tau: The input's ``glimp_tau``; it wins over the context's ``tau``.
+
+    Returns:
+        The overrides, JSON-serialisable (a prompt template becomes its fields; ``None`` values are dropped).
+
+    """
+    settings = {k: v for k, v in dict(context or {}).items() if v is not None}
+    if tau is not None:
+        settings["tau"] = tau
+    if isinstance(settings.get("prompt"), BaseModel):
+        settings["prompt"] = settings["prompt"].model_dump()
+    if "tools" in settings and isinstance(settings["tools"], tuple):
+        settings["tools"] = list(settings["tools"])
+    return settings
+
+
+def settings_key(settings: Mapping[str, Any]) -> str:
+    """A stable key for a run's overrides (to cache the settings built from them)."""
+    return json.dumps(settings, sort_keys=True, default=repr)
 
 
 def check_tau(value: object, *, name: str = "tau") -> float:

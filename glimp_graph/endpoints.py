@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import openai
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, message_chunk_to_message
+from langchain_core.messages.tool import invalid_tool_call, tool_call
 from langchain_core.outputs import ChatResult
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -32,6 +34,7 @@ from glimp_graph.errors import (
     EndpointUnavailableError,
     LogprobsUnavailableError,
 )
+from glimp_graph.tool_calls import tool_calls_from, tool_request
 
 Role = Literal["small", "large"]
 """Which of the two models: the small one (probes, routine steps) or the large one (hard steps, the answer)."""
@@ -121,7 +124,8 @@ class Request:
     """One model call: the conversation, the partial assistant text to continue, and the sampling.
 
     Attributes:
-        messages: System / user / history messages as ``{"role", "content"}`` dicts.
+        messages: The conversation as OpenAI chat messages (``{"role", "content"}``, an assistant's
+            ``tool_calls``, ``{"role": "tool", "tool_call_id", "content"}``).
         prefix: Partial assistant message to continue ("" starts a fresh assistant turn).
         max_tokens: Token cap.
         stop: Stop strings.
@@ -131,10 +135,14 @@ class Request:
         run_name: Name of the LLM run in traces.
         tags: Trace tags.
         metadata: Trace metadata.
+        tools: Tools the model may call (OpenAI tool dicts), checked by :func:`glimp_graph.tool_calls.check_tools`.
+        tool_choice: ``"auto"``, ``"required"``, ``"none"`` or a named function (``None``: the server's default).
+        on_text: Called with each new piece of text as the server streams it; set, the call streams
+            (``stream_options.include_usage`` keeps the token counts).
 
     """
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     prefix: str
     max_tokens: int
     stop: list[str] | None = None
@@ -144,6 +152,9 @@ class Request:
     run_name: str = "model"
     tags: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    tools: Sequence[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    on_text: Callable[[str], None] | None = None
 
 
 Call = tuple["ModelClient", "Request"]
@@ -170,6 +181,9 @@ class Completion:
         prompt_tokens: Prompt tokens.
         top_logprobs: Top log-probabilities of the first generated token, ``(token, logprob)``, if asked for.
         seconds: Wall time of the call.
+        logprobs: Every generated token with its log-probability (when log-probabilities were asked for).
+        tool_calls: Tool calls the model made (LangChain ``ToolCall`` dicts), when the request carried tools.
+        invalid_tool_calls: Tool calls that cannot be run (LangChain ``InvalidToolCall`` dicts with an error).
 
     """
 
@@ -180,6 +194,8 @@ class Completion:
     top_logprobs: list[tuple[str, float]] | None
     seconds: float
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    invalid_tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ModelClient:
@@ -199,7 +215,8 @@ class ModelClient:
         self.vocab_size: int | None = None
         self.context_length: int | None = None
         self._llm = self._chat_model()
-        self._async: tuple[asyncio.AbstractEventLoop, _ChatOpenAI] | None = None
+        self._stream_llm = self._chat_model(disable_streaming=False, stream_usage=True)
+        self._async: tuple[asyncio.AbstractEventLoop, _ChatOpenAI, _ChatOpenAI] | None = None
 
     def _chat_model(self, **extra: Any) -> _ChatOpenAI:
         endpoint = self.endpoint
@@ -217,8 +234,8 @@ class ModelClient:
             **extra,
         )
 
-    def _async_llm(self) -> _ChatOpenAI:
-        """The chat model for async calls in the running event loop.
+    def _async_llm(self, *, streaming: bool = False) -> _ChatOpenAI:
+        """The chat model for async calls in the running event loop (the streaming one if ``streaming``).
 
         An async HTTP client is bound to the event loop it first ran in; ``langchain-openai`` shares one per
         base URL across instances, so a second ``asyncio.run`` (a script, a notebook, a test) would reuse a
@@ -226,8 +243,13 @@ class ModelClient:
         """
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            self._async = (loop, self._chat_model(http_async_client=openai.DefaultAsyncHttpxClient()))
-        return self._async[1]
+            http = openai.DefaultAsyncHttpxClient()
+            self._async = (
+                loop,
+                self._chat_model(http_async_client=http),
+                self._chat_model(http_async_client=http, disable_streaming=False, stream_usage=True),
+            )
+        return self._async[2 if streaming else 1]
 
     def __repr__(self) -> str:
         return f"ModelClient(role={self.role!r}, model={self.endpoint.model!r}, base_url={self.endpoint.base_url!r})"
@@ -306,7 +328,13 @@ class ModelClient:
         messages, kwargs, config = self._shape(request, server)
         start = time.perf_counter()
         with self._errors():
-            message = self._llm.invoke(messages, config=config, **kwargs)
+            if request.on_text is None:
+                message = self._llm.invoke(messages, config=config, **kwargs)
+            else:
+                streamed = _Streamed(request.on_text)
+                for chunk in self._stream_llm.stream(messages, config=config, **kwargs):
+                    streamed.add(chunk)
+                message = streamed.message()
         return self._parse(request, server, message, time.perf_counter() - start)
 
     async def acomplete(self, request: Request) -> Completion:
@@ -315,16 +343,24 @@ class ModelClient:
         messages, kwargs, config = self._shape(request, server)
         start = time.perf_counter()
         with self._errors():
-            message = await self._async_llm().ainvoke(messages, config=config, **kwargs)
+            if request.on_text is None:
+                message = await self._async_llm().ainvoke(messages, config=config, **kwargs)
+            else:
+                streamed = _Streamed(request.on_text)
+                async for chunk in self._async_llm(streaming=True).astream(messages, config=config, **kwargs):
+                    streamed.add(chunk)
+                message = streamed.message()
         return self._parse(request, server, message, time.perf_counter() - start)
 
-    def _shape(self, request: Request, server: ServerKind) -> tuple[list[dict[str, str]], dict[str, Any], dict]:
+    def _shape(self, request: Request, server: ServerKind) -> tuple[list[dict[str, Any]], dict[str, Any], dict]:
         self._check_fits(request)
         messages = list(request.messages)
         kwargs: dict[str, Any] = {"max_tokens": request.max_tokens}
+        if request.tools:
+            kwargs.update(tool_request(server, request.tools, request.tool_choice))
         if request.prefix:
             messages.append({"role": "assistant", "content": request.prefix})
-            kwargs["extra_body"] = dict(_CONTINUE)
+            kwargs["extra_body"] = {**kwargs.get("extra_body", {}), **_CONTINUE}
         if request.stop:
             kwargs["stop"] = list(request.stop)
         if request.temperature is not None:
@@ -344,7 +380,7 @@ class ModelClient:
     def _check_fits(self, request: Request) -> None:
         if self.context_length is None:
             return
-        chars = sum(len(m.get("content") or "") for m in request.messages) + len(request.prefix)
+        chars = sum(len(str(m.get("content") or "")) for m in request.messages) + len(request.prefix)
         if chars // CHARS_PER_TOKEN > self.context_length:
             raise self._bad(
                 ContextLengthError,
@@ -357,7 +393,8 @@ class ModelClient:
         if not isinstance(message, AIMessage) or not isinstance(message.content, str):
             raise self._bad(BadResponseError, f"expected a text chat completion, got {message!r:.200}")
         text = message.content
-        if server == "llama.cpp" and request.prefix:
+        # llama.cpp returns the continued prefix with the new text, except when it streams
+        if server == "llama.cpp" and request.prefix and request.on_text is None:
             if not text.startswith(request.prefix):
                 raise self._bad(
                     BadResponseError,
@@ -374,6 +411,17 @@ class ModelClient:
         if request.top_logprobs is not None:
             top = self._first_top_logprobs(meta.get("logprobs"), text, end)
             tokens = _token_logprobs(meta.get("logprobs"))
+        calls: list[dict[str, Any]] = []
+        invalid: list[dict[str, Any]] = []
+        if request.tools:
+            text, calls, invalid = tool_calls_from(
+                server,
+                text,
+                [dict(c) for c in message.tool_calls],
+                [dict(c) for c in message.invalid_tool_calls],
+                request.tools,
+                request.tool_choice,
+            )
         return Completion(
             text=text,
             end=end,
@@ -382,6 +430,8 @@ class ModelClient:
             top_logprobs=top,
             seconds=seconds,
             logprobs=tokens,
+            tool_calls=calls,
+            invalid_tool_calls=invalid,
         )
 
     def _first_top_logprobs(self, logprobs: Any, text: str, end: StepEnd) -> list[tuple[str, float]]:
@@ -448,6 +498,43 @@ class ModelClient:
             raise self._bad(EndpointError, f"HTTP {exc.status_code}: {body}") from exc
         except (openai.APIResponseValidationError, ValueError, KeyError, TypeError) as exc:
             raise self._bad(BadResponseError, f"the server's answer is not a valid chat completion: {exc}") from exc
+
+
+class _Streamed:
+    """A streamed completion: hands each new piece of text on, and adds the chunks up into one message."""
+
+    def __init__(self, on_text: Callable[[str], None]) -> None:
+        self._on_text = on_text
+        self._total: AIMessageChunk | None = None
+
+    def add(self, chunk: BaseMessage) -> None:
+        if not isinstance(chunk, AIMessageChunk):
+            raise ValueError(f"expected a chat completion chunk, got {chunk!r:.200}")
+        if isinstance(chunk.content, str) and chunk.content:
+            self._on_text(chunk.content)
+        self._total = chunk if self._total is None else self._total + chunk
+
+    def message(self) -> AIMessage:
+        """The whole message; tool-call arguments parsed strictly (a cut JSON object is an invalid call)."""
+        if self._total is None:
+            raise ValueError("the server streamed no chunk")
+        message = message_chunk_to_message(self._total)
+        assert isinstance(message, AIMessage)
+        if not self._total.tool_call_chunks:
+            return message
+        calls, invalid = [], []
+        for chunk in self._total.tool_call_chunks:
+            name, raw, call_id = chunk.get("name"), chunk.get("args") or "", chunk.get("id")
+            try:
+                args = json.loads(raw) if raw.strip() else {}
+            except ValueError as exc:
+                invalid.append(invalid_tool_call(name=name, args=raw, id=call_id, error=f"not valid JSON: {exc}"))
+                continue
+            if not isinstance(args, dict):
+                invalid.append(invalid_tool_call(name=name, args=raw, id=call_id, error="not a JSON object"))
+                continue
+            calls.append(tool_call(name=name or "", args=args, id=call_id))
+        return message.model_copy(update={"tool_calls": calls, "invalid_tool_calls": invalid})
 
 
 def check_all(clients: Sequence[ModelClient]) -> list[EndpointError | None]:

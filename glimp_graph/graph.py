@@ -9,7 +9,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
-from glimp_graph.config import GlimpConfig
+from glimp_graph.config import GlimpConfig, GlimpContext
 from glimp_graph.endpoints import Endpoint, ModelClient
 from glimp_graph.nodes import Router, final_answer, large_step, node, prepare_node, probe, route, small_step
 from glimp_graph.state import GlimpInput, GlimpOutput, GlimpState
@@ -30,11 +30,14 @@ def create_glimp_graph(
     """Build the GlimpRouter graph: the small model glimps one token per step, its entropy routes the step.
 
     The graph runs ``prepare -> probe -> route -> small_step | large_step -> probe ... -> final_answer``.
-    Its input is ``{"question": str}`` or ``{"messages": [...]}`` (the last human message is the question),
-    optionally with ``"glimp_tau"`` to override the threshold for one run; its output is ``glimp_answer``,
-    ``glimp_steps`` (a :class:`~glimp_graph.state.Step` each) and ``glimp_stats``
-    (:class:`~glimp_graph.state.RunStats`), plus the answer as an AI message in ``messages`` when the question
-    came from ``messages``. The compiled graph can be added as a node of a host graph as it is.
+    Its input is ``{"question": str}`` or ``{"messages": [...]}`` (the last human message is the question; tool
+    calls and tool results after it are read too), optionally with ``"glimp_tau"`` to override the threshold for
+    one run; its output is ``glimp_answer``, ``glimp_steps`` (a :class:`~glimp_graph.state.Step` each),
+    ``glimp_stats`` (:class:`~glimp_graph.state.RunStats`) and ``glimp_tool_calls`` /
+    ``glimp_invalid_tool_calls``, plus the answer as an AI message in ``messages`` when the question came from
+    ``messages``. Settings for one run (tau, budgets, prompt, tools) go in the runtime context:
+    ``graph.invoke(inputs, context={"tau": 0.5})`` (:class:`~glimp_graph.config.GlimpContext`), so one compiled
+    graph serves every setting. The compiled graph can be added as a node of a host graph as it is.
 
     Args:
         small: The small model's endpoint (it probes every step and writes the routine ones).
@@ -70,8 +73,8 @@ def create_glimp_graph(
         scorer=settings.make_scorer(),
     )
 
-    builder = StateGraph(GlimpState, input_schema=GlimpInput, output_schema=GlimpOutput)
-    builder.add_node(prepare_node(router, default_tau=settings.tau))
+    builder = StateGraph(GlimpState, context_schema=GlimpContext, input_schema=GlimpInput, output_schema=GlimpOutput)
+    builder.add_node(prepare_node(router))
     builder.add_node(node(router, probe))
     builder.add_node(route, destinations=("small_step", "large_step"))
     builder.add_node(node(router, small_step))

@@ -7,7 +7,7 @@ colliding with the host's keys. ``question`` and ``messages`` are the shared con
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
@@ -91,6 +91,12 @@ class RunStats(BaseModel):
         stop_reason: Why the reasoning ended.
         tau: Threshold in force.
         estimator: Entropy estimator used.
+        scorer: The step scorer's name.
+        final_model: Which model wrote the final answer.
+        small_failure: Why the small model was dropped for the rest of the run (``None``: it was not).
+        small_prompt_tokens: Prompt tokens of the small model's calls, summed (what its server read).
+        large_prompt_tokens: Prompt tokens of the large model's calls, summed.
+        tool_calls: Tool calls in the final answer (0: it answered in text).
 
     """
 
@@ -114,6 +120,9 @@ class RunStats(BaseModel):
     scorer: str = "glimp"
     final_model: Role = "large"
     small_failure: str | None = None
+    small_prompt_tokens: int = 0
+    large_prompt_tokens: int = 0
+    tool_calls: int = 0
 
 
 class GlimpInput(TypedDict, total=False):
@@ -133,13 +142,23 @@ class GlimpOutput(TypedDict, total=False):
     glimp_answer: str
     glimp_steps: list[Step]
     glimp_stats: RunStats
+    glimp_tool_calls: list[dict[str, Any]]
+    """Tool calls of the final answer (LangChain ``ToolCall`` dicts: ``name``, ``args``, ``id``); empty when the
+    run answered in text or no tools were given."""
+    glimp_invalid_tool_calls: list[dict[str, Any]]
+    """Tool calls the final answer made but that cannot be run (arguments that are not a JSON object, an unknown
+    tool), as LangChain ``InvalidToolCall`` dicts with an ``error``."""
 
 
 class GlimpState(GlimpInput, GlimpOutput, total=False):
     """The graph's internal state."""
 
     glimp_question: str
-    glimp_history: list[dict[str, str]]
+    glimp_history: list[dict[str, Any]]
+    glimp_followups: list[dict[str, Any]]
+    """Messages after the question (an agent turn's tool calls and tool results), as OpenAI chat messages."""
+    glimp_settings: dict[str, Any]
+    """The run's overrides of the graph's settings (from the runtime context and ``glimp_tau``)."""
     glimp_from_messages: bool
     glimp_run_tau: float
     glimp_probe: Probe | None
@@ -149,6 +168,8 @@ class GlimpState(GlimpInput, GlimpOutput, total=False):
     glimp_probe_seconds: float
     glimp_small_tokens: int
     glimp_large_tokens: int
+    glimp_small_prompt_tokens: int
+    glimp_large_prompt_tokens: int
     glimp_small_down: str | None
     glimp_started: float
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from langgraph.config import get_stream_writer
 
-from glimp_graph.config import GlimpConfig
+from glimp_graph.config import GlimpConfig, settings_key
 from glimp_graph.endpoints import Call, Completion, ModelClient
 from glimp_graph.errors import EndpointUnavailableError
 from glimp_graph.scorers import Scorer
@@ -18,14 +20,47 @@ NodeLogic = Generator[Call, Completion, GlimpState]
 """What a node function returns: a generator that yields model calls and returns the state update."""
 
 
+#: Distinct run settings whose :class:`Router` is kept (a server whose requests vary ``max_tokens`` builds each
+#: one once; the least recently used is dropped past this number).
+RUN_CACHE_SIZE = 64
+
+
 @dataclass(frozen=True)
 class Router:
-    """The settings, the two model clients and the step scorer, built once by the factory for every node."""
+    """The settings, the two model clients and the step scorer, built once by the factory for every node.
+
+    A run that overrides settings (the graph's runtime context) gets its own ``Router`` from :meth:`for_run`,
+    sharing the clients and the scorer.
+    """
 
     config: GlimpConfig
     small: ModelClient
     large: ModelClient
     scorer: Scorer
+    _runs: OrderedDict[str, Router] = field(default_factory=OrderedDict, compare=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def for_run(self, settings: Mapping[str, Any] | None) -> Router:
+        """The router for a run with these overrides (``glimp_settings``): the same clients, the run's config.
+
+        Raises:
+            ValueError: A setting is unknown or invalid (the ``prepare`` node checks them before any call).
+
+        """
+        if not settings:
+            return self
+        key = settings_key(settings)
+        with self._lock:
+            found = self._runs.get(key)
+            if found is not None:
+                self._runs.move_to_end(key)
+                return found
+        run = replace(self, config=self.config.for_run(settings), _runs=OrderedDict(), _lock=threading.Lock())
+        with self._lock:
+            self._runs[key] = run
+            while len(self._runs) > RUN_CACHE_SIZE:
+                self._runs.popitem(last=False)
+        return run
 
 
 def steps_of(state: GlimpState) -> list[Step]:
@@ -33,12 +68,13 @@ def steps_of(state: GlimpState) -> list[Step]:
     return list(state.get("glimp_steps") or [])
 
 
-def conversation(state: GlimpState, router: Router) -> list[dict[str, str]]:
-    """System, history and the user message for the question, as chat messages."""
+def conversation(state: GlimpState, router: Router) -> list[dict[str, Any]]:
+    """System, history, the user message for the question and what followed it (tool calls, tool results)."""
     prompt = router.config.prompt
-    messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    messages: list[dict[str, Any]] = [{"role": "system", "content": prompt.system}] if prompt.system else []
     messages.extend(state.get("glimp_history") or [])
     messages.append({"role": "user", "content": prompt.user_message(state["glimp_question"])})
+    messages.extend(state.get("glimp_followups") or [])
     return messages
 
 

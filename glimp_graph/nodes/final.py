@@ -19,30 +19,64 @@ from glimp_graph.nodes.common import (
 from glimp_graph.state import GlimpState, RunStats, Step, reasoning_text
 
 
+def _answer_delta(text: str) -> None:
+    emit({"type": "answer", "delta": text})
+
+
 def final_answer(state: GlimpState, router: Router) -> NodeLogic:
-    """Write the final answer (with the large model, unless configured otherwise) and compute the statistics."""
+    """Write the final answer (with the large model, unless configured otherwise) and compute the statistics.
+
+    The answer is streamed from the server: each piece goes to ``stream_mode="custom"`` consumers as an
+    ``{"type": "answer", "delta": ...}`` event as it arrives. When the run has tools, this call carries them and
+    the answer may be tool calls instead of (or beside) text.
+    """
     steps = steps_of(state)
-    reasoning = reasoning_text((s.text for s in steps), router.config.delimiter)
-    prompt = router.config.prompt
-    writer = router.large if router.config.final_model == "large" else router.small
+    config = router.config
+    reasoning = reasoning_text((s.text for s in steps), config.delimiter)
+    prompt = config.prompt
+    writer = router.large if config.final_model == "large" else router.small
     done = yield (
         writer,
         Request(
             messages=conversation(state, router),
             prefix=prompt.think_prefix + reasoning + prompt.answer_prefix,
-            max_tokens=router.config.final_max_tokens,
+            max_tokens=config.final_max_tokens,
             run_name="final_answer",
             metadata=trace_metadata(
                 state, len(steps), glimp_route=writer.role, glimp_stop_reason=state.get("glimp_stop")
             ),
+            tools=config.tools,
+            tool_choice=config.tool_choice,
+            on_text=_answer_delta,
         ),
     )
+    # a lone leading space is the continuation's, not the answer's; a tool call's text may be empty
     answer = done.text.strip()
     stats = run_stats(state, steps, done, router)
-    emit({"type": "final", "answer": answer, "stats": stats.model_dump()})
-    update: GlimpState = {"glimp_answer": answer, "glimp_stats": stats}
+    emit(
+        {
+            "type": "final",
+            "answer": answer,
+            "stats": stats.model_dump(),
+            "tool_calls": done.tool_calls,
+            "invalid_tool_calls": done.invalid_tool_calls,
+        }
+    )
+    update: GlimpState = {
+        "glimp_answer": answer,
+        "glimp_stats": stats,
+        "glimp_tool_calls": done.tool_calls,
+        "glimp_invalid_tool_calls": done.invalid_tool_calls,
+    }
     if state.get("glimp_from_messages"):
-        update["messages"] = [AIMessage(content=answer, additional_kwargs={"reasoning_content": reasoning})]
+        update["messages"] = [
+            AIMessage(
+                content=answer,
+                tool_calls=done.tool_calls,
+                invalid_tool_calls=done.invalid_tool_calls,
+                additional_kwargs={"reasoning_content": reasoning},
+            )
+        ]
     return update
 
 
@@ -51,6 +85,11 @@ def run_stats(state: GlimpState, steps: list[Step], final: Completion, router: R
     small = [s for s in steps if s.model == "small"]
     large = [s for s in steps if s.model == "large"]
     final_small = final.tokens if router.config.final_model == "small" else 0
+    final_role = router.config.final_model
+    prompt_tokens = {
+        role: int(state.get(f"glimp_{role}_prompt_tokens", 0)) + (final.prompt_tokens if role == final_role else 0)  # type: ignore[misc]
+        for role in ("small", "large")
+    }
     return RunStats(
         steps=len(steps),
         small_steps=len(small),
@@ -70,4 +109,7 @@ def run_stats(state: GlimpState, steps: list[Step], final: Completion, router: R
         scorer=router.scorer.name,
         final_model=router.config.final_model,
         small_failure=state.get("glimp_small_down"),
+        small_prompt_tokens=prompt_tokens["small"],
+        large_prompt_tokens=prompt_tokens["large"],
+        tool_calls=len(final.tool_calls) + len(final.invalid_tool_calls),
     )

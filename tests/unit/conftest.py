@@ -4,7 +4,9 @@ The fake server is the stdlib ``ThreadingHTTPServer`` on 127.0.0.1 (port 0) in a
 ``GET /v1/models`` (with a configurable ``owned_by``) and hands every ``POST /v1/chat/completions`` body to a
 handler that the test sets. :class:`ScriptedModel` is a ready-made handler pair for graph tests: it knows the
 reasoning steps, the probe entropies and the final answer of one run, and answers the small and the large server
-as real models would (llama.cpp mode included: it returns the continued prefix with the new text).
+as real models would (llama.cpp mode included: it returns the continued prefix with the new text, except in a
+streamed reply). A request with ``"stream": true`` gets the handler's reply as Server-Sent Events
+(:func:`sse_events`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def chat_response(
     prompt_tokens: int = 10,
     include_prefix: str = "",
     model: str = "fake",
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """An OpenAI ``chat.completion`` JSON.
 
@@ -61,6 +64,8 @@ def chat_response(
         prompt_tokens: ``usage.prompt_tokens``.
         include_prefix: Text put before ``content`` (llama.cpp returns the continued prefix too).
         model: The model name in the response.
+        tool_calls: OpenAI tool calls (``{"id", "type": "function", "function": {"name", "arguments"}}``) the
+            message carries (``finish_reason`` becomes ``"tool_calls"`` unless given otherwise).
 
     """
     choice: dict[str, Any] = {
@@ -75,6 +80,10 @@ def chat_response(
         choice["logprobs"] = {"content": [{**token_entry(content, first[1]), "top_logprobs": top}]}
     if stop_reason is not ...:
         choice["stop_reason"] = stop_reason
+    if tool_calls:
+        choice["message"]["tool_calls"] = tool_calls
+        if finish_reason == "stop":
+            choice["finish_reason"] = "tool_calls"
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -137,6 +146,47 @@ def prefix_of(body: dict[str, Any]) -> str:
     if messages and messages[-1].get("role") == "assistant" and body.get("continue_final_message"):
         return str(messages[-1].get("content") or "")
     return ""
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def pieces(text: str) -> list[str]:
+    """``text`` cut as a server streams it: a word with the spaces before it per piece."""
+    return re.findall(r"\s*\S+|\s+$", text) or ([text] if text else [])
+
+
+def sse_events(reply: dict[str, Any], *, prefix: str = "", include_usage: bool = False) -> str:
+    """A ``chat.completion`` JSON as the Server-Sent Events of a streamed completion.
+
+    Args:
+        reply: The completion (:func:`chat_response`).
+        prefix: Text the reply's content starts with that a streamed reply leaves out (llama.cpp streams a
+            continuation without the prefix it returns when not streaming).
+        include_usage: Send the usage chunk (``stream_options.include_usage``).
+
+    """
+    choice = reply["choices"][0]
+    message = choice["message"]
+    content = message.get("content") or ""
+    if prefix and content.startswith(prefix):
+        content = content[len(prefix) :]
+    base = {k: reply[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        body = base | {"choices": [{"index": 0, "delta": delta, "finish_reason": finish, **extra}]}
+        return f"data: {json.dumps(body)}\n\n"
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": piece}) for piece in pieces(content)]
+    for i, call in enumerate(message.get("tool_calls") or []):
+        events.append(chunk({"tool_calls": [{"index": i, **call}]}))
+    extra = {"stop_reason": choice["stop_reason"]} if "stop_reason" in choice else {}
+    events.append(chunk({}, choice["finish_reason"], **extra))
+    if include_usage:
+        events.append(f"data: {json.dumps(base | {'choices': [], 'usage': reply['usage']})}\n\n")
+    events.append("data: [DONE]\n\n")
+    return "".join(events)
 
 
 # --------------------------------------------------------------------------- the fake server
@@ -218,6 +268,11 @@ class FakeServer:
                 if isinstance(reply, tuple):
                     status, payload = reply
                     self._send(status, payload)
+                elif body.get("stream"):
+                    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                    prefix = prefix_of(body) if fake.llamacpp else ""
+                    events = sse_events(reply, prefix=prefix, include_usage=include_usage)
+                    self._send(200, events, "text/event-stream")
                 else:
                     self._send(200, json.dumps(reply))
 
@@ -345,6 +400,7 @@ class ScriptedModel:
     answer: str = "42"
     think_prefix: str = ""
     final_tokens: int = 2
+    final_tool_calls: list[dict[str, Any]] | None = None
     errors: list[str] = field(default_factory=list)
 
     def install(self, small: FakeServer, large: FakeServer) -> ScriptedModel:
@@ -391,7 +447,13 @@ class ScriptedModel:
         if not body.get("stop"):  # the final answer
             if role != "large":
                 return self._fail(f"final answer asked of the {role} server")
-            return server.chat(" " + self.answer, body, finish_reason="stop", completion_tokens=self.final_tokens)
+            return server.chat(
+                " " + self.answer if self.answer else "",
+                body,
+                finish_reason="stop",
+                completion_tokens=self.final_tokens,
+                tool_calls=self.final_tool_calls,
+            )
         where = self._index(prefix)
         if where is None or where[0] >= len(self.steps):
             return self._fail(f"step request with an unscripted prefix {prefix!r}")

@@ -95,7 +95,14 @@ def test_routes_each_step_by_its_entropy(fake_small: FakeServer, fake_large: Fak
     assert stats.small_tokens == 2 * 3 + 3
     assert stats.large_tokens == 3 + 2
     assert stats.thinking_tokens == 4 + 3 + 4
-    assert set(out) - {"messages"} == {"glimp_answer", "glimp_steps", "glimp_stats"}
+    assert set(out) - {"messages"} == {
+        "glimp_answer",
+        "glimp_steps",
+        "glimp_stats",
+        "glimp_tool_calls",
+        "glimp_invalid_tool_calls",
+    }
+    assert out["glimp_tool_calls"] == out["glimp_invalid_tool_calls"] == []
     assert not out.get("messages")  # no AI message when the question did not come from messages
 
 
@@ -166,7 +173,8 @@ def test_the_exact_requests(fake_small: FakeServer, fake_large: FakeServer, scri
         assert body["messages"][0]["role"] == "system"
         assert body["messages"][1]["role"] == "user"
         assert QUESTION in body["messages"][1]["content"]
-        assert body.get("stream") in (None, False)
+        # only the final answer streams (its text goes out token by token)
+        assert bool(body.get("stream")) == (kind(body) == "final")
 
     probes = [b for b in small if kind(b) == "probe"]
     for body in probes:
@@ -416,7 +424,10 @@ def test_streams_route_and_step_events_in_order(
 ) -> None:
     scripted(THREE, answer="51")
     events = list(build(fake_small, fake_large).stream({"question": QUESTION}, stream_mode="custom"))
-    assert [e["type"] for e in events] == ["route", "step"] * 3 + ["final"]
+    assert [e["type"] for e in events if e["type"] != "answer"] == ["route", "step"] * 3 + ["final"]
+    # the answer streams between the last step and the final record
+    assert [e["type"] for e in events][-2:] == ["answer", "final"]
+    assert "".join(e["delta"] for e in events if e["type"] == "answer").strip() == "51"
     routes = [e for e in events if e["type"] == "route"]
     steps = [e for e in events if e["type"] == "step"]
     assert [e["index"] for e in routes] == [e["index"] for e in steps] == [0, 1, 2]
@@ -455,7 +466,8 @@ def test_async_stream_emits_the_same_events(fake_small: FakeServer, fake_large: 
         return [e async for e in graph.astream({"question": QUESTION}, stream_mode="custom")]
 
     events = asyncio.run(collect())
-    assert [e["type"] for e in events] == ["route", "step"] * 3 + ["final"]
+    assert [e["type"] for e in events] == ["route", "step"] * 3 + ["answer", "final"]
+    assert events[-2]["delta"] == " 42"
 
 
 def test_reruns_start_a_fresh_trace(fake_small: FakeServer, fake_large: FakeServer, scripted: Scripted) -> None:

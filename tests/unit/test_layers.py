@@ -25,14 +25,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / ROOT
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("entropy", "prompts"),
+    ("entropy", "prompts", "tool_calls"),
     ("endpoints",),
     ("scorers",),
     ("state", "config"),
     ("nodes",),
-    ("graph",),
+    ("graph", "persistence"),
     ("eval",),
-    ("cli", "router_server"),  # the faces
+    ("cli", "router_server", "chat_model", "middleware"),  # the faces
 ]
 FACES = LAYERS[-1]
 SERVING = "serving"

@@ -1,16 +1,16 @@
 """``stream_mode="messages"`` (LangGraph Studio's chat view, the LangGraph server's "messages-tuple") against invoke.
 
 That mode attaches a streaming callback handler, which switches a chat model to the streaming API unless the
-model disables streaming. The fake servers here answer ``"stream": true`` the way vLLM's server does (Server-Sent
-Events, the usage only when ``stream_options.include_usage`` is asked for, ``stop_reason`` on the last chunk), so
-a model call that went through the streaming API would lose the statistics and the step ends. The tests check
-that the mode gives the same run as ``invoke`` and still hands every model call's message to the stream.
+model disables streaming. The fake servers answer ``"stream": true`` the way the real ones do (Server-Sent
+Events, the usage only when ``stream_options.include_usage`` is asked for, ``stop_reason`` on the last chunk,
+llama.cpp's continuation without its prefix), so a step call that went through the streaming API would lose the
+statistics and the step ends. The tests check that the mode gives the same run as ``invoke``, hands every model
+call's message to the stream, and that only the final answer streams (token by token).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +18,7 @@ import pytest
 from langchain_core.messages import AIMessage, BaseMessage
 
 from glimp_graph import create_glimp_graph
-from tests.unit.conftest import FakeServer, Reply, ScriptedModel, ScriptStep
+from tests.unit.conftest import FakeServer, ScriptedModel, ScriptStep
 from tests.unit.conftest import endpoint as endpoint_of
 
 Scripted = Callable[..., ScriptedModel]
@@ -33,41 +33,6 @@ STEPS = [
     ScriptStep(0.0, "", probe_eos=True),
 ]
 NODES = {"probe", "small_step", "large_step", "final_answer"}
-
-
-def sse(reply: dict[str, Any], body: dict[str, Any]) -> tuple[int, str]:
-    """``reply`` (a ``chat.completion``) as vLLM streams it: one chunk per piece, ``stop_reason`` at the end."""
-    choice = reply["choices"][0]
-    content = choice["message"]["content"]
-    tokens = (choice.get("logprobs") or {}).get("content") or []
-    base = {"id": reply["id"], "object": "chat.completion.chunk", "created": 0, "model": reply["model"]}
-    chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
-    pieces = [t["token"] for t in tokens] if "".join(t["token"] for t in tokens) == content else [content]
-    for i, piece in enumerate(pieces):
-        delta: dict[str, Any] = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
-        if tokens and i < len(tokens):
-            delta["logprobs"] = {"content": [tokens[i]]}
-        chunks.append({**base, "choices": [delta]})
-    last: dict[str, Any] = {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}
-    if "stop_reason" in choice:
-        last["stop_reason"] = choice["stop_reason"]
-    chunks.append({**base, "choices": [last]})
-    if (body.get("stream_options") or {}).get("include_usage"):
-        chunks.append({**base, "choices": [], "usage": reply["usage"]})
-    return 200, "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-
-
-def speak_sse(server: FakeServer) -> None:
-    """Make ``server`` answer streaming requests with Server-Sent Events, as vLLM does."""
-    plain = server.handler
-
-    def handler(body: dict[str, Any]) -> Reply:
-        reply = plain(body)
-        if body.get("stream") and isinstance(reply, dict):
-            return sse(reply, body)
-        return reply
-
-    server.handler = handler
 
 
 def build(small: FakeServer, large: FakeServer) -> Any:
@@ -92,10 +57,7 @@ def split(chunks: list[tuple[str, Any]]) -> tuple[list[tuple[BaseMessage, dict[s
 def run(fake_small: FakeServer, fake_large: FakeServer, scripted: Scripted) -> Callable[[str], Any]:
     def start(owned_by: str) -> Any:
         fake_small.owned_by = fake_large.owned_by = owned_by
-        model = scripted(STEPS, answer="51")
-        speak_sse(fake_small)
-        speak_sse(fake_large)
-        return model
+        return scripted(STEPS, answer="51")
 
     return start
 
@@ -121,12 +83,16 @@ def test_messages_mode_gives_the_same_run_as_invoke(
     assert stats["stop_reason"] == "end_of_sequence"
     assert stats["small_tokens"] == (3 if vllm else 4) + 12 + 6  # the probes, two small steps (probe token reused)
     assert stats["large_tokens"] == 7 + 2  # one large step, the final answer
-    # every model call's message reaches the stream, tagged with its node
+    # every model call's message reaches the stream, tagged with its node; the final answer token by token
     model_messages = [(m, meta) for m, meta in messages if meta.get("langgraph_node") in NODES]
-    assert len(model_messages) == calls == len(fake_small.requests) + len(fake_large.requests)
-    assert all(isinstance(m, AIMessage) and m.content for m, _ in model_messages)
-    assert not any(b.get("stream") for b in fake_small.requests + fake_large.requests)
-    assert [meta["langgraph_node"] for _, meta in model_messages].count("final_answer") == 1
+    final = [m for m, meta in model_messages if meta["langgraph_node"] == "final_answer"]
+    others = [m for m, meta in model_messages if meta["langgraph_node"] != "final_answer"]
+    assert len(others) + 1 == calls == len(fake_small.requests) + len(fake_large.requests)
+    assert all(isinstance(m, AIMessage) and m.content for m in others)
+    assert "".join(m.content for m in final if isinstance(m.content, str)) == " 51"
+    # only the final answer's call streams from the server
+    assert [bool(b.get("stream")) for b in fake_small.requests + fake_large.requests].count(True) == 1
+    assert fake_large.requests[-1]["stream"] is True
 
 
 def test_async_messages_mode_gives_the_same_run_as_ainvoke(
@@ -144,7 +110,7 @@ def test_async_messages_mode_gives_the_same_run_as_ainvoke(
     messages, values = split(chunks)
     assert comparable(values) == comparable(expected)
     assert [s.end for s in values["glimp_steps"]] == ["delimiter", "delimiter", "eos"]
-    assert (
-        sum(meta.get("langgraph_node") in NODES for _, meta in messages)
-        == len(fake_small.requests) // 2 + len(fake_large.requests) // 2
-    )
+    calls = (len(fake_small.requests) + len(fake_large.requests)) // 2  # each run made the same calls
+    nodes = [meta.get("langgraph_node") for _, meta in messages if meta.get("langgraph_node") in NODES]
+    assert len([n for n in nodes if n != "final_answer"]) + 1 == calls
+    assert "".join(m.content for m, meta in messages if meta.get("langgraph_node") == "final_answer") == " 51"
