@@ -7,8 +7,11 @@
    problems (saved to bench/results/calibration.json and reused, so a rerun resumes with the same thresholds);
    before each run both servers' prompt caches are pointed elsewhere, so no strategy inherits another's cache;
 3. runs all strategies problem by problem (problem-major, one run at a time) on the first N GSM8K dev problems,
-   appending to bench/results/gsm8k_qwen.jsonl (resumable: finished runs are skipped);
-4. writes bench/REPORT.md, bench/tradeoff.png and bench/signals.png.
+   appending to bench/results/gsm8k_qwen.jsonl (resumable: finished runs are skipped; every record keeps its
+   provenance: commit, packages, server build, CPU);
+4. writes bench/REPORT.md, bench/tradeoff.png and bench/signals.png. Every number and every verdict in the
+   report's prose is computed from the records; a job whose records come from more than one code state is
+   refused unless --mix-commits is given (the report then says so and splits the headline by state).
 """
 
 from __future__ import annotations
@@ -16,63 +19,56 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
-from importlib.metadata import version
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-import httpx
+from typing import Any
 
 from glimp_graph import Endpoint
 from glimp_graph.eval import (
     STRATEGIES,
     Job,
     calibrate,
+    find_stalls,
     load_problems,
     load_records,
+    markdown_stalls,
     markdown_table,
     paired,
     quantile,
+    ratio_summary,
     routing_profile,
     run_eval,
     summarize,
+    wilson_interval,
 )
 from glimp_graph.eval.calibrate import collect_scores
-from glimp_graph.eval.plots import plot_signals, plot_tradeoff
+from glimp_graph.eval.provenance import code_version, label, mixed_jobs, states_by_job
+from glimp_graph.eval.stats import RESAMPLES, STALL_FACTOR, two_proportion_p
 from glimp_graph.eval.strategies import resolve_scorer
-from glimp_graph.serving import LocalModels
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "gsm8k_dev.jsonl"
+GPU_COSTS = HERE.parents[1] / "shared" / "docs" / "gpu_costs_h200.jsonl"
 RESULTS = HERE / "results"
 MAIN = ("glimp", "small-only", "large-only", "random", "step-entropy", "step-perplexity", "specreason")
 CALIBRATED = ("glimp", "step-entropy", "step-perplexity", "specreason", "random")
 VARIANTS = ("glimp-4",)  # extensions, calibrated like the main jobs and run after them
+SIGNALS = ("glimp", "step-entropy", "step-perplexity", "specreason", "glimp-4")  # routed by a difficulty signal
 BASE = {"max_step_tokens": 256, "max_thinking_tokens": 768, "max_steps": 32, "final_max_tokens": 64}
+PAPER_PAIR = ("qwen3-4b", "qwen2.5-32b(r1-distill-32b)")  # the paper's small and large model, as GPU_COSTS names them
+ALPHA = 0.05  # the significance level of every verdict in the prose
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
+class MixedCommits(ValueError):
+    """A job's records come from more than one code state and --mix-commits was not given."""
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+# --------------------------------------------------------------------------- measuring
 
 
 async def _calibrate_taus(
@@ -109,9 +105,18 @@ def sweep_jobs(calibration: dict, args: argparse.Namespace) -> list[Job]:
 
 
 async def _measure(args: argparse.Namespace, cache: str | None, calibration_file: Path) -> None:
+    import httpx
+
+    from glimp_graph.eval.provenance import process_binary
+    from glimp_graph.serving import LocalModels
+
     with LocalModels(cache_dir=cache, ctx_size=4096) as models:
         small = Endpoint(base_url=models.small.base_url, model=models.small.alias, seed=0)
         large = Endpoint(base_url=models.large.base_url, model=models.large.alias, seed=0)
+        started = {
+            role: {"binary": process_binary(server.pid), "model_file": server.model_path.name}
+            for role, server in (("small", models.small), ("large", models.large))
+        }
         calibration = json.loads(calibration_file.read_text()) if calibration_file.exists() else {}
         if "taus" not in calibration:
             last = args.calibration_start + args.calibration_n - 1
@@ -147,81 +152,229 @@ async def _measure(args: argparse.Namespace, cache: str | None, calibration_file
         for jobs in (main_jobs, variant_jobs, sweep_jobs(calibration, args)):
             if jobs:
                 await run_eval(
-                    small, large, problems, jobs, args.results, base_config=BASE, before_each=flush_prompt_caches
+                    small,
+                    large,
+                    problems,
+                    jobs,
+                    args.results,
+                    base_config=BASE,
+                    before_each=flush_prompt_caches,
+                    seed=0,
+                    servers=started,
                 )
 
 
-def _targets(rows: list[dict], records: list[dict]) -> list[str]:
-    """The issue's targets, checked against the measured rows."""
+# --------------------------------------------------------------------------- small helpers
+
+
+def _rows_text(rows: Iterable[int | str]) -> str:
+    """``[0, 1, 2, 5, 'x']`` -> ``0-2, 5, x``."""
+    numbers = sorted({r for r in rows if isinstance(r, int)})
+    others = sorted({str(r) for r in rows if not isinstance(r, int)})
+    spans: list[str] = []
+    for number in numbers:
+        if spans and number == int(spans[-1].split("-")[-1]) + 1:
+            spans[-1] = f"{spans[-1].split('-')[0]}-{number}"
+        else:
+            spans.append(str(number))
+    return ", ".join(spans + others) or "none"
+
+
+def _row(record: dict[str, Any], rows_of: dict[str, int]) -> int | str:
+    row = record.get("row")
+    return row if isinstance(row, int) else rows_of.get(record["id"], record["id"])
+
+
+def _p(p: float) -> str:
+    """A p-value as prose: ``p < 0.001``, ``p = 0.004``, ``p = 0.54``."""
+    if p < 0.001:
+        return "p < 0.001"
+    return f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+
+
+def _span(values: Sequence[float], fmt: str = ".0%") -> str:
+    """``24% to 32%``, or ``25%`` when they are all alike."""
+    low, high = f"{min(values):{fmt}}", f"{max(values):{fmt}}"
+    return low if low == high else f"{low} to {high}"
+
+
+def _n(count: int, noun: str) -> str:
+    """``3 stalled steps``, ``1 problem``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def _ci(ci: tuple[float, float], fmt: str = ".2f") -> str:
+    return f"{ci[0]:{fmt}}-{ci[1]:{fmt}}"
+
+
+def _times_verdict(ci: tuple[float, float], other: str) -> str:
+    """'faster than X' / 'slower than X' when the interval of a time ratio excludes 1, else 'as fast as'."""
+    if ci[1] < 1:
+        return f"faster than {other}"
+    if ci[0] > 1:
+        return f"slower than {other}"
+    return f"not distinguishable in time from {other} (the interval holds 1)"
+
+
+def _accuracy_verdict(diff: float, p: float, other: str) -> str:
+    if p >= ALPHA:
+        return f"not distinguishable in accuracy from {other} (sign test {_p(p)})"
+    return f"{'more' if diff > 0 else 'less'} accurate than {other} (sign test {_p(p)})"
+
+
+def _ok(flag: bool) -> str:
+    return "met" if flag else "MISSED"
+
+
+def _ok_runs(records: list[dict], job: str) -> dict[str, dict]:
+    return {r["id"]: r for r in records if r["job"] == job and not r.get("error")}
+
+
+def _pair_ratio(records: list[dict], a: str, b: str, seed: int) -> Any:
+    runs_a, runs_b = _ok_runs(records, a), _ok_runs(records, b)
+    common = sorted(set(runs_a) & set(runs_b))
+    if not common:
+        return None
+    return ratio_summary([runs_a[i]["latency_s"] for i in common], [runs_b[i]["latency_s"] for i in common], seed=seed)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _headline(rows: list[dict], records: list[dict], stalls: list, seed: int) -> list[str]:
     by = {r["strategy"]: r for r in rows}
     if "glimp" not in by or "large-only" not in by:
         return []
     g, big = by["glimp"], by["large-only"]
-    ok = lambda flag: "met" if flag else "MISSED"  # noqa: E731
-    within = g["accuracy"] >= big["accuracy"] - big["accuracy_se"]
+    p = paired(records, g["job"], big["job"])
     out = [
-        "## Targets",
+        "## Headline",
         "",
-        f"- `glimp` latency <= 0.75 x `large-only`: {ok(g['latency_ratio'] <= 0.75)} "
-        f"({g['latency_ratio']:.2f} x); accuracy within one SE of `large-only`: {ok(within)} "
-        f"({g['accuracy']:.1%} vs {big['accuracy']:.1%} ± {big['accuracy_se']:.1%}).",
+        f"`{g['job']}` takes a median {g['ratio_median']:.2f}x `large-only`'s time per problem (95% CI "
+        f"{_ci(g['ratio_median_ci'])}; geometric mean {g['ratio_geomean']:.2f}, {_ci(g['ratio_geomean_ci'])}) "
+        f"on {g['n']} problems: {_times_verdict(g['ratio_median_ci'], '`large-only`')}. It answers "
+        f"{g['accuracy']:.0%} correctly (95% CI {_ci(g['accuracy_ci'], '.0%')}) against {big['accuracy']:.0%} "
+        f"({_ci(big['accuracy_ci'], '.0%')}): {_accuracy_verdict(p.diff, p.p_value, '`large-only`')}.",
     ]
-    for name in ("specreason", "step-entropy", "step-perplexity", "random"):
-        if name in by:
-            b = by[name]
-            faster = g["latency_mean_s"] < b["latency_mean_s"]
-            as_good = g["accuracy"] >= b["accuracy"]
-            out.append(
-                f"- `glimp` vs `{name}`: latency {g['latency_mean_s']:.1f} s vs {b['latency_mean_s']:.1f} s "
-                f"({ok(faster)}), accuracy {g['accuracy']:.1%} vs {b['accuracy']:.1%} ({ok(as_good)})."
-            )
-    # the speed gap the routing can exploit: seconds per generated token of each model's steps
-    per_token: dict[str, list[float]] = {"small": [], "large": []}
-    for r in records:
-        if r.get("strategy") in ("small-only", "large-only"):
-            for step in r.get("step_records", []):
-                if step["tokens"] > 4 and step["seconds"] > 0:
-                    per_token[step["model"]].append(step["seconds"] / step["tokens"])
-    if per_token["small"] and per_token["large"]:
-        small_ms = 1000 * statistics.median(per_token["small"])
-        large_ms = 1000 * statistics.median(per_token["large"])
-        glimp_runs = [r for r in records if r.get("job") == g["job"] and not r.get("error")]
-        final_s = statistics.mean(r["final_seconds"] for r in glimp_runs)
-        probe_s = statistics.mean(r["probe_seconds"] for r in glimp_runs)
-        small_lat = by["small-only"]["latency_mean_s"] if "small-only" in by else float("nan")
-        mix = (1 - g["large_share"]) * small_lat + g["large_share"] * big["latency_mean_s"]
-        routed = [r for r in rows if "-only" not in r["job"]]
+    stalls = [s for s in stalls if s.job in (g["job"], big["job"])]
+    if stalls:
+        stalled_ids = {s.id for s in stalls}
+        kept = [i for i in _ok_runs(records, g["job"]) if i not in stalled_ids and i in _ok_runs(records, big["job"])]
+        without = sum(_ok_runs(records, g["job"])[i]["latency_s"] for i in kept) / sum(
+            _ok_runs(records, big["job"])[i]["latency_s"] for i in kept
+        )
+        excess: dict[str, float] = defaultdict(float)
+        where: dict[str, set[str]] = defaultdict(set)
+        for s in stalls:
+            excess[s.job] += s.seconds - s.tokens * s.median_per_token_s
+            where[s.job].add(str(s.row if s.row is not None else s.id))
+        added = "; ".join(
+            f"`{job}`'s, on {'row' if len(where[job]) == 1 else 'rows'} {', '.join(sorted(where[job]))}, took "
+            f"{excess[job]:.1f} s more than the job's median time per token gives, {excess[job] / g['n']:.2f} s on "
+            "its mean latency"
+            for job in sorted(excess)
+        )
         out += [
             "",
-            "## Why",
-            "",
-            f"Latency. On this CPU the large model costs {large_ms:.0f} ms per generated token and the small one "
-            f"{small_ms:.0f} ms (median over the standalone runs' steps): a {large_ms / small_ms:.1f}x gap, where "
-            "the paper's pair (32B vs 4B on GPUs) has a far larger one. Mixing the standalone runs' times in "
-            f"glimp's proportion ({g['large_share']:.0%} large steps) would give {mix:.1f} s per problem; glimp "
-            f"takes {g['latency_mean_s']:.1f} s. Of the {g['latency_mean_s'] - mix:.1f} s more, the probes take "
-            f"{probe_s:.1f} s, and the rest is switching: each change of writer (the routing table above) makes "
-            "the other server read the step it did not write, and the large model's final answer "
-            f"({final_s:.1f} s on average) starts by reading a trace written mostly by the small model. With a "
-            "1.6x gap these fixed costs eat most of the saving; the ratio to `large-only` is the number to "
-            "watch when the pair is served where the large model is much slower than the small one.",
-            "",
-            "Accuracy. Every routed job lands between "
-            f"{min(r['accuracy'] for r in routed):.0%} and {max(r['accuracy'] for r in routed):.0%}, close to "
-            f"`small-only` ({by['small-only']['accuracy']:.0%}) and far from `large-only` "
-            f"({big['accuracy']:.0%}), whatever its signal: on this pair, giving the 1.5B model a quarter to a "
-            "third of the steps does not rescue a solution whose other steps the 0.5B model writes (the paired "
-            "table: glimp and each routed baseline disagree on few problems, none significantly). And the "
-            "signals give the large model the prose, not the arithmetic where the small model errs (the table "
-            "of step kinds): with the `steps` prompt these instruction models open most computing steps with a "
-            "list number or `**`, a token they are sure of whatever follows, so H_init is low exactly there. "
-            "The signal is not void (prose steps go to the large model twice as often as arithmetic ones), it "
-            "points at the wrong steps for this model and prompt; the paper's R1-style thinkers open steps with "
-            "words ('Wait', 'So', 'Alternatively') whose uncertainty is the step's. `glimp-4` tests the fix of "
-            "looking past the formatting (see the variants section).",
+            f"The ratio of mean latencies, {g['latency_ratio']:.2f}, counts {_n(len(stalls), 'stalled step')} of "
+            f"these two jobs (listed below: {added}); without the {_n(len(stalled_ids), 'problem')} they occur on it "
+            f"is {without:.2f}. The headline and the targets use the median per-problem ratio, which one slow "
+            "problem cannot drag.",
         ]
-    out += ["", "Framework overhead: see [OVERHEAD.md](OVERHEAD.md).", ""]
-    return out
+    else:
+        out += ["", f"Neither job has a stalled step; the ratio of mean latencies is {g['latency_ratio']:.2f}."]
+    return [*out, ""]
+
+
+def _provenance_section(
+    records: list[dict], labels: Sequence[str], rows_of: dict[str, int], *, mix_commits: bool, rendered_at: str
+) -> list[str]:
+    shown = [r for r in records if r["job"] in labels and not r.get("error")]
+    states = states_by_job(shown)
+    out = [
+        "## Provenance",
+        "",
+        f"Rendered by `bench/run_report.py` at code state `{rendered_at}`; that is not what measured the records. "
+        "What measured each job's records (a commit; `+dirty` when the package's files differed from it; "
+        "`unrecorded` for records written before records kept their provenance, with what git history says of "
+        "them in the results' sidecar file):",
+        "",
+        "| job | code state | rows | records |",
+        "|---|---|---|---|",
+    ]
+    for job in labels:
+        for state, count in states.get(job, {}).items():
+            rows = [_row(r, rows_of) for r in shown if r["job"] == job and label(r.get("provenance")) == state]
+            out.append(f"| {job} | {state} | {_rows_text(rows)} | {count} |")
+    notes: dict[str, str] = {}
+    cpus: dict[str, int] = defaultdict(int)
+    servers: dict[str, int] = defaultdict(int)
+    packages: dict[str, int] = defaultdict(int)
+    unrecorded = 0
+    for r in shown:
+        prov = r.get("provenance") or {}
+        if prov.get("source") == "sidecar" and prov.get("note"):
+            notes[label(prov)] = prov["note"]
+        if "cpu" not in prov:
+            unrecorded += 1
+            continue
+        cpus[f"{prov['cpu'].get('model')}, {prov['cpu'].get('cores')} cores"] += 1
+        servers[
+            "; ".join(
+                f"{role}: " + ", ".join(f"{k}={v}" for k, v in sorted(info.items()) if k not in ("base_url",))
+                for role, info in sorted(prov.get("servers", {}).items())
+            )
+        ] += 1
+        packages[", ".join(f"{k} {v}" for k, v in sorted(prov.get("packages", {}).items()))] += 1
+    out.append("")
+    for note_label, note in notes.items():
+        out.append(f"- `{note_label}`: {note}")
+    for title, seen in (("CPU", cpus), ("Servers", servers), ("Packages", packages)):
+        for value, count in seen.items():
+            out.append(f"- {title} (recorded in {count} records): {value}.")
+    if unrecorded:
+        out.append(f"- CPU, servers and packages: not recorded in {unrecorded} of the {len(shown)} records.")
+    mixed = mixed_jobs(shown)
+    if mixed:
+        out += [
+            "",
+            f"**This report pools records of different code states in one row** (rendered with `--mix-commits`): "
+            f"{', '.join(f'`{job}`' for job in mixed)}. The headline by code state (problems whose two records "
+            "share that state) follows; where it differs, the pooled rows above mix it.",
+        ]
+    return [*out, ""]
+
+
+def _by_state_section(records: list[dict], labels: Sequence[str], rows_of: dict[str, int], seed: int) -> list[str]:
+    """Each job against large-only within each code state (only problems whose two records share the state)."""
+    base = _ok_runs(records, "large-only")
+    out = [
+        "| job | code state | rows | n | latency / large-only: median (95% CI) | geometric mean | ratio of means "
+        "| accuracy | large-only's accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for job in labels:
+        if job == "large-only":
+            continue
+        runs = _ok_runs(records, job)
+        groups: dict[str, list[str]] = defaultdict(list)
+        for i, r in runs.items():
+            if i in base and label(r.get("provenance")) == label(base[i].get("provenance")):
+                groups[label(r.get("provenance"))].append(i)
+        for state, ids in groups.items():
+            s = ratio_summary([runs[i]["latency_s"] for i in ids], [base[i]["latency_s"] for i in ids], seed=seed)
+            acc = sum(bool(runs[i]["correct"]) for i in ids) / len(ids)
+            acc_base = sum(bool(base[i]["correct"]) for i in ids) / len(ids)
+            rows = _rows_text(_row(runs[i], rows_of) for i in ids)
+            out.append(
+                f"| {job} | {state} | {rows} | {len(ids)} | {s.median:.2f} ({_ci(s.median_ci)}) | {s.geomean:.2f} "
+                f"| {s.mean_ratio:.2f} | {acc:.0%} | {acc_base:.0%} |"
+            )
+    return [*out, ""]
 
 
 def _paired_section(records: list[dict], glimp: str, others: list[str], *, title: bool = True) -> list[str]:
@@ -237,30 +390,40 @@ def _paired_section(records: list[dict], glimp: str, others: list[str], *, title
         p = paired(records, glimp, other)
         out.append(
             f"| {other} | {p.n} | {p.both} | {p.only_a} | {p.only_b} | {p.diff:+.1%} ± {p.diff_se:.1%} "
-            f"| {p.p_value:.2f} |"
+            f"| {'< 0.001' if p.p_value < 0.001 else f'{p.p_value:.3f}'} |"
         )
     return [*out, ""]
 
 
 def _routing_section(records: list[dict], jobs: list[str]) -> list[str]:
+    last_steps = [
+        r["step_records"][-1]["text"]
+        for r in records
+        if r["job"] in jobs and not r.get("error") and r.get("step_records") and "text" in r["step_records"][-1]
+    ]
+    boxed = sum("\\boxed" in text for text in last_steps)
+    last = (
+        f" (in {boxed / len(last_steps):.0%} of the {len(last_steps)} runs that kept their text it holds the "
+        "`\\boxed` answer)"
+        if last_steps
+        else ""
+    )
     out = [
         "## Where the routed jobs send their steps",
         "",
-        "Large-step share of the first step, the steps between and the last step (the one that usually writes "
-        "the boxed answer); mean changes of writer per run; accuracy of the runs whose first step the large or the "
-        "small model wrote.",
+        f"Large-step share of the first step, the steps between and the last step{last}; mean changes of writer "
+        "per run; accuracy of the runs whose first step the large or the small model wrote.",
         "",
         "| job | runs | first | middle | last | switches | accuracy, first step large | accuracy, first step small |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    pct = lambda v: "n/a" if v is None else f"{v:.0%}"  # noqa: E731
     for job in jobs:
         prof = routing_profile(records, job)
         if prof["runs"]:
             out.append(
-                f"| {job} | {prof['runs']} | {pct(prof['first'])} | {pct(prof['middle'])} | {pct(prof['last'])} "
-                f"| {prof['switches']:.1f} | {pct(prof['accuracy_first_large'])} "
-                f"| {pct(prof['accuracy_first_small'])} |"
+                f"| {job} | {prof['runs']} | {_pct(prof['first'])} | {_pct(prof['middle'])} | {_pct(prof['last'])} "
+                f"| {prof['switches']:.1f} | {_pct(prof['accuracy_first_large'])} "
+                f"| {_pct(prof['accuracy_first_small'])} |"
             )
     return [*out, ""]
 
@@ -269,40 +432,59 @@ ARITHMETIC = re.compile(r"\d\s*[-+*/\u00d7=]|=\s*\d|\\times|\\frac|\\div")
 FORMAT_TOKEN = re.compile(r"^\s*(\d+\.?|\*\*|#+|-|\\\[|\\|Step)\s*$")
 
 
-def _content_section(records: list[dict], jobs: list[str]) -> list[str]:
+def _step_kinds(records: list[dict], job: str) -> dict[bool, list[bool]]:
+    """For ``job``'s steps that kept their text: arithmetic (True) or prose (False) -> went to the large model."""
+    kinds: dict[bool, list[bool]] = {True: [], False: []}
+    for r in records:
+        if r["job"] == job and not r.get("error"):
+            for step in r.get("step_records") or []:
+                if "text" in step:
+                    kinds[bool(ARITHMETIC.search(step["text"]))].append(step["model"] == "large")
+    return kinds
+
+
+def _probed_steps(records: list[dict]) -> list[dict]:
+    return [
+        step
+        for r in records
+        if r["strategy"] == "glimp" and not r.get("error")
+        for step in r.get("step_records") or []
+        if "text" in step and step.get("h_init") is not None and step.get("probe_token") is not None
+    ]
+
+
+def _content_section(records: list[dict], jobs: list[str], rows_of: dict[str, int]) -> list[str]:
     """What kind of steps each routed job gives the large model, read from the steps' text."""
-    with_text = [r for r in records if r.get("step_records") and "text" in r["step_records"][0]]
-    if not with_text:
+    kept: dict[str, list[int | str]] = defaultdict(list)
+    for r in records:
+        if r["job"] in jobs and not r.get("error") and r.get("step_records") and "text" in r["step_records"][0]:
+            kept[r["job"]].append(_row(r, rows_of))
+    if not kept:
         return []
+    by_rows: dict[str, list[str]] = defaultdict(list)
+    for job in jobs:
+        if job in kept:
+            by_rows[_rows_text(kept[job])].append(f"`{job}`")
+    where = "; ".join(f"rows {rows} of {', '.join(names)}" for rows, names in by_rows.items())
     out = [
         "## What the large model gets: arithmetic steps or prose",
         "",
-        "From the records that keep the steps' text (the main jobs' from GSM8K row 34 on, every run of the "
-        "variants and the sweep): a step is 'arithmetic' when its text "
+        f"From the records that keep the steps' text ({where}): a step is 'arithmetic' when its text "
         "computes (a digit next to an operator or `=`, `\\times`, `\\frac`), else 'prose'. The share of each kind "
-        "that the large model wrote:",
+        "that the large model wrote, and the two-proportion test of the difference:",
         "",
-        "| job | arithmetic steps | to large | prose steps | to large |",
-        "|---|---|---|---|---|",
+        "| job | arithmetic steps | to large | prose steps | to large | prose / arithmetic | p |",
+        "|---|---|---|---|---|---|---|",
     ]
     for job in jobs:
-        kinds: dict[bool, list[bool]] = {True: [], False: []}
-        for r in with_text:
-            if r["job"] == job:
-                for step in r["step_records"]:
-                    kinds[bool(ARITHMETIC.search(step["text"]))].append(step["model"] == "large")
-        if kinds[True] or kinds[False]:
-            share = lambda v: f"{sum(v) / len(v):.0%}" if v else "n/a"  # noqa: E731
-            out.append(
-                f"| {job} | {len(kinds[True])} | {share(kinds[True])} | {len(kinds[False])} | {share(kinds[False])} |"
-            )
-    probed = [
-        step
-        for r in with_text
-        if r["strategy"] == "glimp"
-        for step in r["step_records"]
-        if step.get("h_init") is not None and step.get("probe_token") is not None
-    ]
+        kinds = _step_kinds(records, job)
+        if kinds[True] and kinds[False]:
+            a, p = sum(kinds[True]) / len(kinds[True]), sum(kinds[False]) / len(kinds[False])
+            test = two_proportion_p(sum(kinds[False]), len(kinds[False]), sum(kinds[True]), len(kinds[True]))
+            ratio = f"{p / a:.1f}x" if a else "n/a"
+            shown = "< 0.001" if test < 0.001 else f"{test:.3f}"
+            out.append(f"| {job} | {len(kinds[True])} | {a:.0%} | {len(kinds[False])} | {p:.0%} | {ratio} | {shown} |")
+    probed = _probed_steps(records)
     groups = {
         "formatting (a list number, `**`, `-`, `\\[`, `Step`)": [
             s for s in probed if FORMAT_TOKEN.match(s["probe_token"])
@@ -324,7 +506,312 @@ def _content_section(records: list[dict], jobs: list[str]) -> list[str]:
     return [*out, ""]
 
 
-def main() -> None:
+def _targets(rows: list[dict], records: list[dict], seed: int) -> list[str]:
+    """The issue's targets, checked on the robust figure (the median per-problem latency ratio)."""
+    by = {r["strategy"]: r for r in rows}
+    if "glimp" not in by or "large-only" not in by:
+        return []
+    g, big = by["glimp"], by["large-only"]
+    within = g["accuracy"] >= big["accuracy"] - big["accuracy_se"]
+    rules = "its interval rules 0.75 out" if g["ratio_median_ci"][0] > 0.75 else "its interval reaches 0.75"
+    out = [
+        "## Targets",
+        "",
+        "Latency targets on the median per-problem ratio (95% bootstrap interval); the ratio of means beside it.",
+        "",
+        f"- `glimp` latency <= 0.75 x `large-only`: {_ok(g['ratio_median'] <= 0.75)} (median {g['ratio_median']:.2f} "
+        f"x, {_ci(g['ratio_median_ci'])}, {rules}; ratio of means {g['latency_ratio']:.2f}); accuracy within one "
+        f"SE of `large-only`: {_ok(within)} ({g['accuracy']:.1%} vs {big['accuracy']:.1%} ± {big['accuracy_se']:.1%}).",
+    ]
+    for name in ("specreason", "step-entropy", "step-perplexity", "random"):
+        if name in by:
+            b = by[name]
+            s = _pair_ratio(records, g["job"], b["job"], seed)
+            p = paired(records, g["job"], b["job"])
+            out.append(
+                f"- `glimp` vs `{name}`: latency ratio median {s.median:.2f} ({_ci(s.median_ci)}; ratio of means "
+                f"{s.mean_ratio:.2f}): {_ok(s.median < 1)}, {_times_verdict(s.median_ci, f'`{name}`')}; accuracy "
+                f"{g['accuracy']:.1%} vs {b['accuracy']:.1%}: {_ok(g['accuracy'] >= b['accuracy'])}, "
+                f"{_accuracy_verdict(p.diff, p.p_value, f'`{name}`')}."
+            )
+    return [*out, ""]
+
+
+def _gpu_gap(path: Path | None) -> float | None:
+    """The paper's pair's decode time ratio per token on the GPU of ``path`` (``None`` without the file)."""
+    if path is None or not path.exists():
+        return None
+    ms = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if "model" in row and "decode_ms_per_token" in row:
+            ms[row["model"]] = row["decode_ms_per_token"]
+    small, large = PAPER_PAIR
+    return ms[large] / ms[small] if small in ms and large in ms else None
+
+
+def _why(rows: list[dict], records: list[dict], gpu_gap: float | None) -> list[str]:
+    """Why the targets fall where they do: every figure and verdict computed from the records."""
+    by = {r["strategy"]: r for r in rows}
+    if not {"glimp", "large-only", "small-only"} <= by.keys():
+        return []
+    g, big, small = by["glimp"], by["large-only"], by["small-only"]
+    per_token: dict[str, list[float]] = {"small": [], "large": []}
+    for r in records:
+        if r["job"] in (small["job"], big["job"]) and not r.get("error"):
+            for step in r.get("step_records", []):
+                if step["tokens"] > 4 and step["seconds"] > 0:
+                    per_token[step["model"]].append(step["seconds"] / step["tokens"])
+    if not per_token["small"] or not per_token["large"]:
+        return []
+    speed = {model: statistics.median(values) for model, values in per_token.items()}
+    gap = speed["large"] / speed["small"]
+    cpus = {
+        r["provenance"]["cpu"]["model"] for r in records if "cpu" in (r.get("provenance") or {}) and not r.get("error")
+    }
+    machine = f"CPU: {', '.join(sorted(cpus))}" if cpus else "their CPU not recorded"
+    if gpu_gap is None:
+        paper = ""
+    else:
+        relation = "a larger gap than" if gpu_gap > gap else "no larger a gap than"
+        paper = (
+            f" The paper's pair (the {PAPER_PAIR[1]} and {PAPER_PAIR[0]} shapes) is {gpu_gap:.1f}x apart per token on "
+            f"an H200 (a kernel-benchmark floor, not vLLM: ../shared/docs/GPU_COSTS.md), {relation} this pair's."
+        )
+    jobs = (g["job"], big["job"], small["job"])
+    stalled = {s.id for s in find_stalls([r for r in records if r["job"] in jobs])}
+    runs = {job: _ok_runs(records, job) for job in jobs}
+    clean = sorted(set.intersection(*(set(v) for v in runs.values())) - stalled)
+
+    def parts(job: str) -> dict[str, float]:
+        total: dict[str, float] = defaultdict(float)
+        for i in clean:
+            r = runs[job][i]
+            steps = r["step_records"]
+            total["latency"] += r["latency_s"]
+            total["probe"] += r["probe_seconds"]
+            total["final"] += r["final_seconds"]
+            for k, step in enumerate(steps):
+                at_speed = step["tokens"] * speed[step["model"]]
+                total["steps"] += step["seconds"]
+                total["at_speed"] += at_speed
+                after_switch = k > 0 and steps[k - 1]["model"] != step["model"]
+                total["switch_excess" if after_switch else "other_excess"] += step["seconds"] - at_speed
+        return {k: v / len(clean) for k, v in total.items()}
+
+    gp, bp = parts(g["job"]), parts(big["job"])
+    g_rest = gp["latency"] - gp["steps"] - gp["probe"] - gp["final"]
+    b_rest = bp["latency"] - bp["steps"] - bp["probe"] - bp["final"]
+    ideal = gp["at_speed"] + bp["final"] + b_rest
+    possible = bp["latency"] - ideal
+    kept = bp["latency"] - gp["latency"]
+    if possible <= 0:
+        saving = "the routing could save nothing here even at the standalone speeds."
+    elif kept <= 0:
+        saving = f"glimp keeps none of it (it is {-kept:.2f} s slower than `large-only`)."
+    elif kept >= possible:
+        saving = f"glimp saves all of it and more ({kept:.2f} s)."
+    else:
+        saving = f"glimp keeps {kept:.2f} s of it ({kept / possible:.0%})."
+    beyond = gp["latency"] - ideal
+    spent = (
+        f" Of the {beyond:.2f} s glimp spends beyond that ideal, {gp['switch_excess'] / beyond:.0%} is the steps "
+        "after a change of writer."
+        if beyond > 0
+        else ""
+    )
+    out = [
+        "## Why",
+        "",
+        f"Latency. In these records ({machine}) the large model takes {1000 * speed['large']:.0f} ms per generated "
+        f"token and the small one {1000 * speed['small']:.0f} ms (median over the standalone runs' steps of more "
+        f"than 4 tokens): a {gap:.1f}x gap.{paper} On the {len(clean)} problems without a stalled step in "
+        f"`{g['job']}`, `large-only` or `small-only`, glimp's {gp['latency']:.2f} s per problem are "
+        f"{gp['at_speed']:.2f} s of its steps' tokens at those standalone speeds, {gp['switch_excess']:+.2f} s on the "
+        f"steps right after a change of writer (the server first reads what the other model wrote), "
+        f"{gp['other_excess']:+.2f} s on its other steps, {gp['probe']:.2f} s of probes, {gp['final']:.2f} s of "
+        f"final answer (`large-only`'s: {bp['final']:.2f} s) and {g_rest:.2f} s else. `large-only` takes "
+        f"{bp['latency']:.2f} s. The same steps at the standalone speeds with no probe and no switching would take "
+        f"{ideal:.2f} s, {possible:.2f} s less than `large-only`; {saving}{spent}",
+        "",
+    ]
+    routed = [r for r in rows if r["strategy"] not in ("small-only", "large-only")]
+    if routed:
+        closer = [r for r in routed if abs(r["accuracy"] - small["accuracy"]) < abs(r["accuracy"] - big["accuracy"])]
+        better_than_small = [
+            r["job"] for r in routed if (p := paired(records, r["job"], small["job"])).diff > 0 and p.p_value < ALPHA
+        ]
+        worse_than_large = [
+            r["job"] for r in routed if (p := paired(records, r["job"], big["job"])).diff < 0 and p.p_value < ALPHA
+        ]
+        others = [r for r in routed if r["job"] != g["job"]]
+        tests = [paired(records, g["job"], r["job"]) for r in others]
+        significant = [t.b for t in tests if t.p_value < ALPHA]
+        disagree = [t.only_a + t.only_b for t in tests]
+        sig_text = (
+            "none significantly"
+            if not significant
+            else f"{len(significant)} of {len(tests)} significantly ({', '.join(f'`{s}`' for s in significant)})"
+        )
+        rescue = (
+            "none is significantly more accurate than `small-only`"
+            if not better_than_small
+            else f"{', '.join(f'`{j}`' for j in better_than_small)} {'is' if len(better_than_small) == 1 else 'are'} "
+            "significantly more accurate than `small-only`"
+        )
+        out.append(
+            f"Accuracy. The routed jobs score {_span([r['accuracy'] for r in routed])}, `small-only` "
+            f"{small['accuracy']:.0%} and `large-only` "
+            f"{big['accuracy']:.0%}; {len(closer)} of the {len(routed)} routed jobs are closer to `small-only` than "
+            f"to `large-only`. Giving the large model {_span([r['large_share'] for r in routed])} of the steps, "
+            f"{rescue}, and {len(worse_than_large)} of "
+            f"{len(routed)} are significantly less accurate than `large-only` (paired sign tests, p < {ALPHA}). "
+            f"`{g['job']}` and each other routed job disagree on {_span(disagree or [0], '')} of {g['n']} problems, "
+            f"{sig_text}."
+        )
+    return [*out, "", *_signal_claims(records)]
+
+
+def _leaning(records: list[dict], job: str) -> tuple[float, float, float] | None:
+    """``job``'s share of arithmetic and of prose steps written by the large model, and the test's p-value."""
+    kinds = _step_kinds(records, job)
+    if not kinds[True] or not kinds[False]:
+        return None
+    arith, prose = sum(kinds[True]) / len(kinds[True]), sum(kinds[False]) / len(kinds[False])
+    return arith, prose, two_proportion_p(sum(kinds[False]), len(kinds[False]), sum(kinds[True]), len(kinds[True]))
+
+
+def _signal_claims(records: list[dict]) -> list[str]:
+    """What the routing signals send to the large model, from the steps' text: verdicts computed, with p-values."""
+    lines: list[str] = []
+    jobs = list(dict.fromkeys(r["job"] for r in records))
+    strategies = {r["strategy"] for r in records}
+    leaning = {j: x for j in jobs if j.split("@")[0] in SIGNALS and (x := _leaning(records, j)) is not None}
+    controls = {j: x for j in jobs if j.split("@")[0] == "random" and (x := _leaning(records, j)) is not None}
+
+    def described(found: dict[str, tuple[float, float, float]]) -> str:
+        return "; ".join(
+            f"`{j}` {p:.0%} of prose steps vs {a:.0%} of arithmetic ones"
+            + (f" ({p / a:.1f}x, {_p(t)})" if a else f" ({_p(t)})")
+            for j, (a, p, t) in found.items()
+        )
+
+    if leaning:
+        groups = (
+            ([j for j, (a, p, t) in leaning.items() if p > a and t < ALPHA], "favours prose", "favour prose"),
+            ([j for j, (a, p, t) in leaning.items() if p < a and t < ALPHA], "favours arithmetic", "favour arithmetic"),
+            ([j for j, (a, p, t) in leaning.items() if t >= ALPHA], "shows no clear preference", "show none"),
+        )
+        verdict = "; ".join(
+            f"{', '.join(f'`{j}`' for j in group)} {one if len(group) == 1 else many}"
+            for group, one, many in groups
+            if group
+        )
+        lines.append(
+            f"What the signals pick (the table of step kinds): the large model writes {described(leaning)}. At "
+            f"p < {ALPHA}, {verdict}."
+        )
+    if controls:
+        moved = [j for j, (a, p, t) in controls.items() if t < ALPHA]
+        reading = (
+            "Random routing cannot see the step, so where it shows a difference the kind follows the writer (the "
+            "step's text is the chosen model's), not the choice; compare a signal with random routing at a similar "
+            "share rather than with 1.0x."
+            if moved
+            else "Random routing, which cannot see the step, shows no significant difference, as it should."
+        )
+        lines.append(f"The control: {described(controls)}. {reading}")
+    probed = _probed_steps(records)
+    arithmetic = [s for s in probed if ARITHMETIC.search(s["text"])]
+    prose = [s for s in probed if not ARITHMETIC.search(s["text"])]
+    formatted = [s for s in probed if FORMAT_TOKEN.match(s["probe_token"])]
+    words = [s for s in probed if not FORMAT_TOKEN.match(s["probe_token"])]
+    if arithmetic and prose and formatted and words:
+        opened = sum(bool(FORMAT_TOKEN.match(s["probe_token"])) for s in arithmetic)
+        low, high = wilson_interval(opened, len(arithmetic))
+        amount = "most" if low > 0.5 else "fewer than half" if high < 0.5 else "about half"
+        h = {
+            name: statistics.mean(s["h_init"] for s in steps)
+            for name, steps in (
+                ("arithmetic", arithmetic),
+                ("prose", prose),
+                ("formatting", formatted),
+                ("word", words),
+            )
+        }
+        where = "lower" if h["arithmetic"] < h["prose"] else "higher"
+        lines.append(
+            f"The first token. With the `steps` prompt these models open {amount} of the computing steps the "
+            f"`glimp` jobs probed ({opened} of {len(arithmetic)}, {opened / len(arithmetic):.0%}, 95% CI "
+            f"{_ci((low, high), '.0%')}) with a list number, `**` or similar formatting. H_init averages "
+            f"{h['formatting']:.2f} nats after such a token and {h['word']:.2f} after a word; {h['arithmetic']:.2f} "
+            f"on arithmetic steps and {h['prose']:.2f} on prose ones: {where} where the step computes. The paper's "
+            "thinkers open hard steps with words such as 'Wait' or 'Alternatively' (../shared/docs/METHOD.md)"
+            + ("; `glimp-4` looks past the first token (see the variants)." if "glimp-4" in strategies else ".")
+        )
+    return [part for line in lines for part in (line, "")]
+
+
+def _sweep_claims(records: list[dict], sweep_rows: list[dict], main_glimp: str, seed: int) -> list[str]:
+    randoms = [r for r in sweep_rows if r["strategy"] == "random"]
+    by_job = {r["job"]: r for r in sweep_rows}
+    out: list[str] = []
+    for r in sweep_rows:
+        if r["strategy"] != "glimp" or r["job"] == main_glimp or not randoms:
+            continue
+        twin = min(randoms, key=lambda x: abs(x["large_share"] - r["large_share"]))
+        p = paired(records, r["job"], twin["job"])
+        if p.p_value >= ALPHA:
+            chance = "H_init picks them no better or worse than random routing here"
+        else:
+            chance = f"H_init picks them {'better' if p.diff > 0 else 'worse'} than random routing"
+        comparisons = [(main_glimp, r["job"])]
+        if len(randoms) > 1:
+            by_share = sorted(randoms, key=lambda x: x["large_share"])
+            comparisons.append((by_share[0]["job"], by_share[-1]["job"]))
+        more = []
+        for low_job, high_job in comparisons:
+            if low_job in by_job and high_job in by_job:
+                q = paired(records, high_job, low_job)
+                gained = "gains" if q.diff > 0 else "loses" if q.diff < 0 else "neither gains nor loses"
+                sig = "significant" if q.p_value < ALPHA else "not significant"
+                high, low = by_job[high_job]["large_share"], by_job[low_job]["large_share"]
+                more.append(
+                    f"`{high_job}` ({high:.0%} large steps) {gained} {100 * abs(q.diff):.0f} points of accuracy over "
+                    f"`{low_job}` ({low:.0%}; {_p(q.p_value)}, {sig})"
+                )
+        out += [
+            f"At a {r['large_share']:.0%} large-step share `{r['job']}` scores {r['accuracy']:.0%} in a median "
+            f"{r['ratio_median']:.2f}x `large-only`'s time, `{twin['job']}` ({twin['large_share']:.0%} large steps) "
+            f"{twin['accuracy']:.0%} in {twin['ratio_median']:.2f}x (difference {p.diff:+.1%} ± {p.diff_se:.1%}, "
+            f"{_p(p.p_value)}): {chance}. More large steps: {'; '.join(more)}.",
+            "",
+        ]
+    return out
+
+
+def _variant_claims(records: list[dict], sweep_rows: list[dict], main_glimp: str) -> list[str]:
+    out: list[str] = []
+    glimp_row = next((r for r in sweep_rows if r["job"] == main_glimp), None)
+    for v in (r for r in sweep_rows if r["strategy"] in VARIANTS):
+        if glimp_row is None:
+            continue
+        p = paired(records, v["job"], main_glimp)
+        verdict = "not significant" if p.p_value >= ALPHA else "significant"
+        out += [
+            f"`{v['strategy']}` against `glimp` on the same problems: accuracy {v['accuracy']:.0%} vs "
+            f"{glimp_row['accuracy']:.0%} (difference {p.diff:+.1%} ± {p.diff_se:.1%}, sign test "
+            f"{_p(p.p_value)}, {verdict}), median latency {v['ratio_median']:.2f} vs {glimp_row['ratio_median']:.2f} x "
+            f"`large-only`, large-step share {v['large_share']:.0%} vs {glimp_row['large_share']:.0%}.",
+            "",
+        ]
+    return out
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100, help="GSM8K dev problems to evaluate (rows 0..n-1)")
     parser.add_argument("--calibration-start", type=int, default=900)
@@ -342,10 +829,145 @@ def main() -> None:
     )
     parser.add_argument("--results", type=Path, default=RESULTS / "gsm8k_qwen.jsonl")
     parser.add_argument("--report-only", action="store_true", help="only render the report from the results")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--mix-commits",
+        action="store_true",
+        help="render even when a job's records come from more than one code state (the report says so)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    parser.add_argument("--gpu-costs", type=Path, default=GPU_COSTS, help="GPU decode costs (for the paper's gap)")
+    args = parser.parse_args(argv)
     for share in [args.target_large_share, *args.sweep_shares, *args.random_shares]:
         if not 0.0 < share < 1.0:
             parser.error(f"large-step shares must be in (0, 1), got {share}")
+    return args
+
+
+def render(
+    records: list[dict],
+    calibration: dict,
+    args: argparse.Namespace,
+    *,
+    rows_of: dict[str, int] | None = None,
+    rendered_at: str = "unknown",
+    figures: bool = True,
+) -> tuple[str, list[dict], list[dict]]:
+    """The report's Markdown from the records, and the rows of its two tables.
+
+    Raises:
+        MixedCommits: A shown job pools records of several code states and ``args.mix_commits`` is not set.
+    """
+    rows_of = rows_of or {}
+    records = [r if "row" in r or r["id"] not in rows_of else {**r, "row": rows_of[r["id"]]} for r in records]
+    taus = calibration.get("taus", {})
+    main_labels = [Job(name, taus.get(name)).label for name in MAIN]
+    sweep_labels = [Job(name, taus[name]).label for name in VARIANTS if name in taus]
+    sweep_labels += [job.label for job in sweep_jobs(calibration, args)]
+    done = {r["job"] for r in records if not r.get("error")}
+    finished = {label for label in done if sum(r["job"] == label and not r.get("error") for r in records) >= args.n}
+    sweep_done = [label for label in sweep_labels if label in finished]  # a partial job would shrink the table
+    shown = [label for label in main_labels + sweep_done if label in done]
+    mixed = mixed_jobs([r for r in records if r["job"] in shown])
+    if mixed and not args.mix_commits:
+        described = "; ".join(
+            f"{job}: " + ", ".join(f"{state} ({n})" for state, n in states.items()) for job, states in mixed.items()
+        )
+        raise MixedCommits(
+            f"jobs measured under more than one code state: {described}. Rerun them on one commit, or pass "
+            "--mix-commits to render anyway (the report then says so and splits the headline by code state)"
+        )
+    rows = summarize([r for r in records if r["job"] in main_labels], seed=args.seed)
+    sweep_rows = (
+        summarize([r for r in records if r["job"] in main_labels + sweep_done], seed=args.seed) if sweep_done else []
+    )
+    main_records = [r for r in records if r["job"] in main_labels]
+    common = set.intersection(*(set(_ok_runs(records, j)) for j in main_labels if j in done)) if done else set()
+    stalls = find_stalls([r for r in main_records if r["id"] in common])
+    sweep_note = (
+        f" glimp's extra thresholds, for large-step shares {args.sweep_shares}, were calibrated the same way: "
+        f"`{calibration.get('sweep', {})}`; random ran at shares {args.random_shares} too."
+        if sweep_labels
+        else ""
+    )
+    glimp = Job("glimp", taus.get("glimp")).label
+    temperature = Endpoint.model_fields["temperature"].default
+    top_p = Endpoint.model_fields["top_p"].default
+    lines = [
+        "# Benchmark report: GlimpRouter and baselines on GSM8K (local real models)",
+        "",
+        f"Command: `python bench/run_report.py --n {args.n}` (resumable; `--report-only` re-renders"
+        f"{'; rendered with `--mix-commits`' if mixed else ''}).",
+        "",
+        *_headline(rows, records, stalls, args.seed),
+        "## Setup",
+        "",
+        "- Models (this script's local pair): Qwen2.5-Coder-0.5B-Instruct Q4_K_M (small) and "
+        "Qwen2.5-Coder-1.5B-Instruct Q4_K_M (large), each on its own llama.cpp `llama-server` (2 threads, -np 1, "
+        "ctx 4096); what each record says of its servers, CPU and packages is under Provenance.",
+        f"- Problems: GSM8K dev rows 0..{args.n - 1}; every strategy on the same problems, one run at a time, "
+        "problem by problem. Budgets: " + ", ".join(f"{k}={v}" for k, v in BASE.items()) + "; `steps` prompt; "
+        f"steps sampled at temperature {temperature}, top_p {top_p}, seed 0 (the authors' settings, "
+        "../shared/docs/METHOD.md); probes at temperature 0.",
+        f"- Thresholds calibrated for a {calibration.get('target_large_share', '?')} large-step share on "
+        f"{calibration.get('problems', '?')}: `{taus}`.{sweep_note}",
+        "",
+        *_provenance_section(records, shown, rows_of, mix_commits=args.mix_commits, rendered_at=rendered_at),
+    ]
+    if mixed:
+        lines += _by_state_section(records, [j for j in main_labels if j in done], rows_of, args.seed)
+    lines += [
+        "## Results",
+        "",
+        markdown_table(rows),
+        f"Latency is wall time per problem. The ratio to `large-only` is taken per problem, then summarised by its "
+        f"median and its geometric mean, each with a 95% percentile-bootstrap interval ({RESAMPLES:,} resamples, "
+        f"seed {args.seed}); the ratio of the mean latencies stays beside them. Accuracy's interval is Wilson's "
+        "(95%). 'glimpse time share' is the time spent scoring steps (probes, drafts, judgements).",
+        "",
+        f"### Stalled steps (time per token over {STALL_FACTOR:g}x its job's median on that model)",
+        "",
+        "Listed, not removed: they are in the means above, not in the medians' robustness.",
+        "",
+        markdown_stalls(stalls),
+    ]
+    if sweep_rows:
+        lines += [
+            "## Variants and threshold sweep",
+            "",
+            "Every job on the problems all of them finished: the main jobs, the extensions "
+            f"({', '.join(f'`{v}`' for v in VARIANTS)}: {'; '.join(STRATEGIES[v].description for v in VARIANTS)}; "
+            "threshold calibrated like the main ones) and the extra thresholds.",
+            "",
+            markdown_table(sweep_rows),
+            *_sweep_claims(records, sweep_rows, glimp, args.seed),
+            *_variant_claims(records, sweep_rows, glimp),
+        ]
+    if figures:
+        lines += ["![accuracy vs latency](tradeoff.png)", "", "![signals](signals.png)", ""]
+    if glimp in done:
+        lines += _paired_section(records, glimp, [label for label in main_labels if label != glimp and label in done])
+        for name in VARIANTS:
+            variant = Job(name, taus.get(name)).label
+            if variant in done:
+                lines += _paired_section(records, variant, [glimp, Job("large-only").label], title=False)
+        routed = [
+            label for label in main_labels + sweep_labels if label.startswith(("glimp", "random")) and label in done
+        ]
+        lines += _routing_section(records, routed)
+        mixed_routes = [label for label in main_labels + sweep_labels if label in done and "-only" not in label]
+        lines += _content_section(records, mixed_routes, rows_of)
+    lines += _targets(rows, records, args.seed)
+    lines += _why(rows, [r for r in records if r["job"] in shown], _gpu_gap(args.gpu_costs))
+    lines += ["Framework overhead: see [OVERHEAD.md](OVERHEAD.md).", ""]
+    return "\n".join(lines), rows, sweep_rows
+
+
+def main() -> None:
+    import os
+
+    from glimp_graph.eval.plots import plot_signals, plot_tradeoff
+
+    args = parse_args()
     cache = os.environ.get("GLIMP_CACHE_DIR")
     RESULTS.mkdir(parents=True, exist_ok=True)
     calibration_file = RESULTS / "calibration.json"
@@ -357,96 +979,15 @@ def main() -> None:
 
     records = load_records(args.results)
     calibration = json.loads(calibration_file.read_text()) if calibration_file.exists() else {}
-    taus = calibration.get("taus", {})
-    main_labels = [Job(name, taus.get(name)).label for name in MAIN]
-    sweep_labels = [Job(name, taus[name]).label for name in VARIANTS if name in taus]
-    sweep_labels += [job.label for job in sweep_jobs(calibration, args)]
-    rows = summarize([r for r in records if r["job"] in main_labels])
-    done = {r["job"] for r in records if not r.get("error")}
-    finished = {label for label in done if sum(r["job"] == label and not r.get("error") for r in records) >= args.n}
-    sweep_done = [label for label in sweep_labels if label in finished]  # a partial job would shrink the table
-    sweep_rows = summarize([r for r in records if r["job"] in main_labels + sweep_done]) if sweep_done else []
+    rows_of = {p.id: p.row for p in load_problems(DATA)} if DATA.exists() else {}
+    try:
+        text, rows, sweep_rows = render(records, calibration, args, rows_of=rows_of, rendered_at=label(code_version()))
+    except MixedCommits as exc:
+        sys.exit(f"error: {exc}")
     plot_tradeoff(sweep_rows or rows, HERE / "tradeoff.png")
     plot_signals(records, HERE / "signals.png")
-    sweep_note = (
-        f" glimp's extra thresholds, for large-step shares {args.sweep_shares}, were calibrated the same way: "
-        f"`{calibration.get('sweep', {})}`; random ran at shares {args.random_shares} too."
-        if sweep_labels
-        else ""
-    )
-    lines = [
-        "# Benchmark report: GlimpRouter and baselines on GSM8K (local real models)",
-        "",
-        f"Command: `python bench/run_report.py --n {args.n}` (resumable; `--report-only` re-renders).",
-        "",
-        f"- Machine: {_cpu()}, {os.cpu_count()} cores, no GPU; Python {platform.python_version()}.",
-        "- Models: Qwen2.5-Coder-0.5B-Instruct Q4_K_M (small) and Qwen2.5-Coder-1.5B-Instruct Q4_K_M (large), "
-        "each on its own llama.cpp `llama-server` (llama-cpp-python 0.3.36 sources, 2 threads, -np 1).",
-        f"- Versions: glimp-graph {version('glimp-graph')} (commit {_git_commit()}), langgraph {version('langgraph')}, "
-        f"langchain-openai {version('langchain-openai')}.",
-        f"- Problems: GSM8K dev rows 0..{args.n - 1}; every strategy on the same problems, one run at a time, "
-        "problem by problem. Budgets: " + ", ".join(f"{k}={v}" for k, v in BASE.items()) + "; `steps` prompt; "
-        "steps sampled at temperature 0.6, top_p 0.95, seed 0 (the authors' settings); probes at temperature 0.",
-        f"- Thresholds calibrated for a {calibration.get('target_large_share', '?')} large-step share on "
-        f"{calibration.get('problems', '?')}: `{taus}`.{sweep_note}",
-        "",
-        markdown_table(rows),
-        "Latency is wall time per problem; the ratio is to `large-only` on the same problems. Accuracy's ± is one "
-        "standard error. 'glimpse time share' is the time spent scoring steps (probes, drafts, judgements).",
-        "",
-    ]
-    if sweep_rows:
-        lines += [
-            "## Variants and threshold sweep",
-            "",
-            "Every job on the problems all of them finished: the main jobs, the extensions "
-            f"({', '.join(f'`{v}`' for v in VARIANTS)}: {'; '.join(STRATEGIES[v].description for v in VARIANTS)}; "
-            "threshold calibrated like the main ones) and the extra thresholds.",
-            "",
-            markdown_table(sweep_rows),
-        ]
-    lines += ["![accuracy vs latency](tradeoff.png)", "", "![signals](signals.png)", ""]
-    glimp = Job("glimp", taus.get("glimp")).label
-    if glimp in done:
-        lines += _paired_section(records, glimp, [label for label in main_labels if label != glimp and label in done])
-        for name in VARIANTS:
-            variant = Job(name, taus.get(name)).label
-            if variant in done:
-                lines += _paired_section(records, variant, [glimp, Job("large-only").label], title=False)
-        routed = [
-            label for label in main_labels + sweep_labels if label.startswith(("glimp", "random")) and label in done
-        ]
-        lines += _routing_section(records, routed)
-        mixed = [label for label in main_labels + sweep_labels if label in done and "-only" not in label]
-        lines += _content_section(records, mixed)
-    lines += _targets(rows, records)
-    randoms = [r for r in sweep_rows if r["strategy"] == "random"]
-    for r in sweep_rows:
-        if r["strategy"] == "glimp" and r["job"] != glimp and randoms:
-            twin = min(randoms, key=lambda x: abs(x["large_share"] - r["large_share"]))
-            p = paired(records, r["job"], twin["job"])
-            lines += [
-                f"At a {r['large_share']:.0%} large-step share `{r['job']}` scores {r['accuracy']:.0%} in "
-                f"{r['latency_ratio']:.2f} x `large-only`'s time, `{twin['job']}` ({twin['large_share']:.0%} large "
-                f"steps) {twin['accuracy']:.0%} in {twin['latency_ratio']:.2f} x (difference {p.diff:+.1%} ± "
-                f"{p.diff_se:.1%}, p = {p.p_value:.2f}): more large steps buy accuracy whoever picks them; H_init "
-                "picks them no better than chance on this pair.",
-                "",
-            ]
-    variant_rows = {r["strategy"]: r for r in sweep_rows if r["strategy"] in VARIANTS}
-    glimp_row = next((r for r in sweep_rows if r["job"] == glimp), None)
-    for name, v in variant_rows.items():
-        if glimp_row is not None:
-            p = paired(records, v["job"], glimp)
-            lines += [
-                f"`{name}` against `glimp` on the same problems: accuracy {v['accuracy']:.0%} vs "
-                f"{glimp_row['accuracy']:.0%} (difference {p.diff:+.1%} ± {p.diff_se:.1%}, sign test p = "
-                f"{p.p_value:.2f}), latency {v['latency_ratio']:.2f} vs {glimp_row['latency_ratio']:.2f} x "
-                f"`large-only`, large-step share {v['large_share']:.0%} vs {glimp_row['large_share']:.0%}.",
-                "",
-            ]
-    (HERE / "REPORT.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    (HERE / "REPORT.md").write_text(text)
+    print(text)
     print(f"done in {time.time() - started:.0f} s", file=sys.stderr)
 
 

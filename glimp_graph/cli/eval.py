@@ -115,10 +115,16 @@ def eval_(
     servers: Servers,
     settings: dict[str, Any],
 ) -> None:
-    """Run strategies x thresholds over a JSONL problem set; results are appended to --out (resumable)."""
+    """Run strategies x thresholds over a JSONL problem set; results are appended to --out (resumable).
+
+    The summary gives, per job, accuracy with its 95% Wilson interval and the latency per problem as a ratio to
+    large-only: the median and the geometric mean with seeded bootstrap intervals (one slow run cannot move
+    them), then the ratio of the means. Stalled steps are listed, and jobs whose records were measured under
+    more than one code state (a resumed file) are named.
+    """
     import asyncio
 
-    from glimp_graph.eval import Job, load_records, markdown_table, run_eval, summarize
+    from glimp_graph.eval import Job, load_records, run_eval
 
     stray = [name for name in thresholds if name not in strategies]
     if stray:
@@ -129,23 +135,79 @@ def eval_(
     jobs = [Job(n, t) for n in strategies for t in (thresholds.get(n) or [None])]
     checked_config(settings)
     problems = _problems(dataset, start, limit)
-    with servers.endpoints() as (small, large):
+    started: list[Any] = []
+    with servers.endpoints(started) as (small, large):
         asyncio.run(
-            run_eval(small, large, problems, jobs, out, base_config=settings, concurrency=concurrency, seed=seed)
+            run_eval(
+                small,
+                large,
+                problems,
+                jobs,
+                out,
+                base_config=settings,
+                concurrency=concurrency,
+                seed=seed,
+                servers=_started_servers(started),
+            )
         )
-    rows = summarize(load_records(out))
-    table = markdown_table(rows)
-    click.echo(table)
+    records = load_records(out)
+    summary, rows = eval_summary(records, seed=seed)
+    click.echo(summary)
     if report:
-        report.write_text(table)
+        report.write_text(summary)
     if plots:
         from glimp_graph.eval.plots import plot_signals, plot_tradeoff
 
         plots.mkdir(parents=True, exist_ok=True)
         click.echo(
-            f"figures: {plot_tradeoff(rows, plots / 'tradeoff.png')}, "
-            f"{plot_signals(load_records(out), plots / 'signals.png')}"
+            f"figures: {plot_tradeoff(rows, plots / 'tradeoff.png')}, {plot_signals(records, plots / 'signals.png')}"
         )
+
+
+def _started_servers(started: list[Any]) -> dict[str, dict[str, Any]]:
+    """What the CLI knows of the local servers it started (``[small, large]``): binary and model file, by role."""
+    from glimp_graph.eval.provenance import process_binary
+
+    return {
+        role: {"binary": process_binary(server.pid), "model_file": server.model_path.name}
+        for role, server in zip(("small", "large"), started, strict=False)
+    }
+
+
+def eval_summary(records: list[dict[str, Any]], *, seed: int = 0) -> tuple[str, list[dict[str, Any]]]:
+    """The Markdown summary of ``glimp eval``: the table, the stalled steps and the code states measured under.
+
+    Args:
+        records: The records of the results file.
+        seed: Seed of the bootstrap intervals.
+
+    Returns:
+        The summary and the table's rows.
+    """
+    from glimp_graph.eval import find_stalls, markdown_stalls, markdown_table, states_by_job, summarize
+    from glimp_graph.eval.stats import RESAMPLES, STALL_FACTOR
+
+    rows = summarize(records, seed=seed)
+    compared = {r["job"] for r in rows}
+    ok = [r for r in records if not r.get("error") and r["job"] in compared]
+    common = set.intersection(*({r["id"] for r in ok if r["job"] == job} for job in compared)) if compared else set()
+    stalls = find_stalls([r for r in ok if r["id"] in common])
+    parts = [
+        markdown_table(rows),
+        "Accuracy: 95% Wilson interval. Latency: per-problem ratio to large-only, median and geometric mean with "
+        f"95% bootstrap intervals ({RESAMPLES:,} resamples, seed {seed}); a single slow run moves the ratio of means.",
+        "",
+        f"Stalled steps (time per token over {STALL_FACTOR:g}x the job's median on that model); they are in the "
+        "means above:",
+        "",
+        markdown_stalls(stalls),
+        "Code states the records were measured under (commit, +dirty when the package differed from it):",
+        "",
+    ]
+    for job, states in states_by_job(ok).items():
+        mixed = " (MIXED: this row pools several code states)" if len(states) > 1 else ""
+        parts.append(f"- {job}: " + ", ".join(f"{state} ({n})" for state, n in states.items()) + mixed)
+    return "\n".join(parts) + "\n", rows
 
 
 @click.command()

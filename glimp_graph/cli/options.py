@@ -329,8 +329,11 @@ class Servers:
         return cls(small_url, large_url, small_model, large_model, api_key, LocalPair(**local))
 
     @contextlib.contextmanager
-    def endpoints(self) -> Iterator[tuple[Endpoint, Endpoint]]:
+    def endpoints(self, started: list[Any] | None = None) -> Iterator[tuple[Endpoint, Endpoint]]:
         """The small and the large endpoint; the local pair runs (when started) until the block ends.
+
+        Args:
+            started: When given, the servers started here (small, large) are appended to it (e.g. for their pids).
 
         Raises:
             click.UsageError: Only one of the two URLs was given.
@@ -351,6 +354,8 @@ class Servers:
         )
         with local.start() as models:
             click.echo(f"  small: {models.small.base_url}  large: {models.large.base_url}", err=True)
+            if started is not None:
+                started += [models.small, models.large]
             yield (
                 Endpoint(base_url=models.small.base_url, model=models.small.alias),
                 Endpoint(base_url=models.large.base_url, model=models.large.alias),

@@ -10,6 +10,7 @@ from typing import Any
 
 from glimp_graph.endpoints import Endpoint
 from glimp_graph.eval.data import Problem
+from glimp_graph.eval.stats import quantile
 from glimp_graph.graph import create_glimp_graph
 from glimp_graph.scorers import Scorer
 
@@ -36,16 +37,6 @@ class Calibration:
         """Share of the calibration scores above ``tau`` (default: the calibrated one)."""
         tau = self.tau if tau is None else tau
         return sum(s > tau for s in self.scores) / len(self.scores) if self.scores else 0.0
-
-
-def quantile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolation quantile of ``values`` at ``q`` in [0, 1]."""
-    if not values:
-        raise ValueError("no values to take a quantile of")
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 async def collect_scores(

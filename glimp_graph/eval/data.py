@@ -21,6 +21,7 @@ class Problem:
         kind: ``"integer"`` (compare numerically) or ``"latex"`` (equivalence check).
         source: Where it comes from.
         extra: Other fields of the row.
+        row: Its position among the file's problems, from 0 (what ``start`` counts); ``None`` when not from a file.
     """
 
     id: str
@@ -29,6 +30,7 @@ class Problem:
     kind: AnswerKind
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    row: int | None = None
 
 
 def _kind_of(row: dict[str, Any], answer: str) -> AnswerKind:
@@ -78,6 +80,7 @@ def load_problems(path: str | Path, *, start: int = 0, limit: int | None = None)
                 kind=_kind_of(row, answer),
                 source=str(row.get("source", path.stem)),
                 extra={k: v for k, v in row.items() if k not in {"id", "question", "answer"}},
+                row=len(problems),
             )
         )
     end = None if limit is None else start + limit

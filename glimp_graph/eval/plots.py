@@ -18,7 +18,7 @@ def _pyplot() -> Any:
 
 
 def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Accuracy against mean latency, one series per strategy across its thresholds, error bars = 1 SE."""
+    """Accuracy against mean latency, one series per strategy across its thresholds, error bars = 95% Wilson."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -29,7 +29,10 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
         ax.errorbar(
             [r["latency_mean_s"] for r in rs],
             [100 * r["accuracy"] for r in rs],
-            yerr=[100 * r["accuracy_se"] for r in rs],
+            yerr=[
+                [100 * (r["accuracy"] - r["accuracy_ci"][0]) for r in rs],
+                [100 * (r["accuracy_ci"][1] - r["accuracy"]) for r in rs],
+            ],
             marker="o",
             capsize=3,
             label=strategy,

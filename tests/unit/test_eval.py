@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import math
+import os
+import threading
 from typing import Any
 
 import pytest
@@ -129,7 +132,15 @@ def test_run_eval_records_grades_resumes_and_summarizes(tmp_path, fake_small, fa
     rows = {r["job"]: r for r in summarize(load_records(out))}
     assert rows["glimp@1"]["accuracy"] == 1.0 and rows["large-only"]["latency_ratio"] == pytest.approx(1.0)
     assert rows["large-only"]["large_share"] == 1.0 and rows["small-only"]["large_share"] == 0.0
-    assert "| glimp@1 | 3 | 100.0% ± 0.0%" in markdown_table(list(rows.values()))
+    assert "| glimp@1 | 3 | 100.0% (43.9%-100.0%) |" in markdown_table(list(rows.values()))
+    assert rows["large-only"]["ratio_median"] == pytest.approx(1.0) and rows["large-only"]["stalls"] == 0
+    # every record says what measured it: the code, the packages, the servers, the CPU
+    prov = written[0]["provenance"]
+    assert prov["packages"]["glimp-graph"] and prov["packages"]["langgraph"]
+    assert prov["servers"]["small"]["owned_by"] == "vllm" and prov["servers"]["large"]["base_url"] == large.base_url
+    assert prov["cpu"]["cores"] >= 1 and prov["cpu"]["model"]
+    assert prov["commit"] is None or len(prov["commit"]) == 40
+    assert all(r["provenance"] == prov for r in written)
 
 
 def test_run_eval_records_errors_and_retries_them(tmp_path, fake_small, fake_large):
@@ -257,3 +268,140 @@ def test_cli_calibrate_prints_the_histogram_tau_and_held_out_share(tmp_path, fak
     tau = quantile([0.1, 0.5, 1.2, 2.0], 0.75)
     assert f"glimp: tau={tau:.4f} for a large-step share of 25% (4 steps of 1 problems)" in result.output
     assert "held-out (1 problems): large-step share 25%" in result.output
+
+
+def test_label_names_the_code_state():
+    from glimp_graph.eval import label
+
+    assert label(None) == "unknown" and label({}) == "unknown"
+    assert label({"commit": "0123456789abcdef", "dirty": False}) == "0123456"
+    assert label({"commit": "0123456789abcdef", "dirty": True, "diff_sha": "feedbeef0000"}) == "0123456+dirty.feedbee"
+    assert label({"commit": None, "version": "0.1.0"}) == "glimp-graph 0.1.0"
+    assert label({"commit": None, "recorded_in": "ac662ce", "source": "sidecar"}).startswith("unrecorded")
+
+
+def test_load_records_takes_old_records_provenance_from_the_sidecar(tmp_path):
+    from glimp_graph.eval import mixed_jobs, states_by_job
+
+    out = tmp_path / "runs.jsonl"
+    rows = [_rec("a", "p1", True), _rec("a", "p2", True), {**_rec("a", "p3", True), "provenance": {"commit": "f" * 40}}]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "provenance" not in load_records(out)[0]  # no sidecar: nothing made up
+    sidecar = tmp_path / "runs.provenance.json"
+    sidecar.write_text(json.dumps({"batches": [{"lines": [1, 1], "recorded_in": "abc1234", "note": "old"}]}))
+    records = load_records(out)
+    assert records[0]["provenance"] == {"recorded_in": "abc1234", "note": "old", "source": "sidecar"}
+    assert "provenance" not in records[1]  # line 2 is described by no batch
+    assert records[2]["provenance"] == {"commit": "f" * 40}  # a record's own provenance wins
+    assert states_by_job(records)["a"] == {"unrecorded (results committed in abc1234)": 1, "unknown": 1, "fffffff": 1}
+    assert set(mixed_jobs(records)) == {"a"}
+    sidecar.write_text(json.dumps({"batches": [{"lines": [3, 1]}]}))
+    with pytest.raises(ValueError, match=r"runs\.provenance\.json: expected"):
+        load_records(out)
+
+
+def test_code_version_outside_a_checkout_gives_the_package_version(tmp_path):
+    from glimp_graph.eval.provenance import code_version, process_binary
+
+    outside = tmp_path / "glimp_graph"
+    outside.mkdir()
+    info = code_version(outside)
+    assert info["commit"] is None and info["dirty"] is None and info["version"]
+    here = code_version()
+    assert here["commit"] is None or (len(here["commit"]) == 40 and isinstance(here["dirty"], bool))
+    assert process_binary(os.getpid()).startswith("python")
+    assert process_binary(2**22 + 12345) is None
+
+
+def test_server_info_reads_owned_by_and_llama_cpp_build(tmp_path):
+    from glimp_graph import Endpoint
+    from glimp_graph.eval.provenance import server_info
+
+    answers = {
+        "/v1/models": {"data": [{"id": "other", "owned_by": "x"}, {"id": "m", "owned_by": "llamacpp"}]},
+        "/props": {"build_info": "b7000-abcdef1"},
+    }
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = answers.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(body or {"error": "no route"}).encode())
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/v1"
+        info = asyncio.run(server_info(Endpoint(base_url=url, model="m")))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert info == {"base_url": url, "model": "m", "owned_by": "llamacpp", "build_info": "b7000-abcdef1"}
+    down = asyncio.run(server_info(Endpoint(base_url=url, model="m"), timeout=1.0))  # nothing listens: no fields
+    assert down == {"base_url": url, "model": "m"}
+
+
+def test_cli_eval_prints_robust_figures_stalls_and_code_states(tmp_path, fake_small, fake_large):
+    from click.testing import CliRunner
+
+    from glimp_graph.cli import main
+
+    _answering(fake_small, "small")
+    _answering(fake_large, "large")
+    data = tmp_path / "p.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": f"What is {i} plus one? {i}?", "answer": i + 1}) + "\n" for i in range(3))
+    )
+    out = tmp_path / "runs.jsonl"
+    report = tmp_path / "summary.md"
+    result = CliRunner().invoke(
+        main,
+        [
+            "eval", "--dataset", str(data), "--strategies", "glimp,large-only", "--out", str(out),
+            "--report", str(report),
+            "--small-url", fake_small.url + "/v1", "--large-url", fake_large.url + "/v1",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "| glimp | 3 | 100.0% (43.9%-100.0%) |" in result.output
+    assert "median per problem (95% CI)" in result.output and "No stalled steps" in result.output
+    records = load_records(out)
+    assert [r["row"] for r in records] == [0, 0, 1, 1, 2, 2]
+    state = records[0]["provenance"]
+    expected = f"- glimp: {label_of(state)} (3)"
+    assert expected in result.output and "MIXED" not in result.output
+    assert report.read_text().startswith("| strategy |")
+
+
+def label_of(provenance: dict) -> str:
+    from glimp_graph.eval import label
+
+    return label(provenance)
+
+
+def test_code_version_in_a_checkout_marks_a_dirty_package_by_its_diff(tmp_path):
+    import subprocess
+
+    from glimp_graph.eval.provenance import code_version
+
+    package = tmp_path / "glimp_graph"
+    package.mkdir()
+    (package / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("results\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "-C", str(tmp_path)]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "one"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    clean = code_version(package)
+    assert len(clean["commit"]) == 40 and clean["dirty"] is False and clean["diff_sha"] is None
+    (tmp_path / "notes.txt").write_text("more results\n")  # files beside the package do not count
+    assert code_version(package)["dirty"] is False
+    (package / "a.py").write_text("x = 2\n")
+    edited = code_version(package)
+    assert edited["commit"] == clean["commit"] and edited["dirty"] is True and edited["diff_sha"]
+    (package / "b.py").write_text("y = 1\n")  # a new, untracked module changes the code too
+    assert code_version(package)["diff_sha"] != edited["diff_sha"]

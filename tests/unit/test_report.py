@@ -1,0 +1,185 @@
+"""bench/run_report.py renders its prose from the data: a claim flips when the data does."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from glimp_graph.eval import load_records
+
+ROOT = Path(__file__).resolve().parents[2]
+N = 40
+
+
+@pytest.fixture(scope="module")
+def report() -> Any:
+    spec = importlib.util.spec_from_file_location("run_report", ROOT / "bench" / "run_report.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_report"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+CALIBRATION = {"target_large_share": 0.25, "problems": "synthetic rows", "taus": {"glimp": 0.8, "random": 0.75}}
+JOBS = {"glimp@0.8": ("glimp", 0.8), "small-only": ("small-only", None), "large-only": ("large-only", None)}
+JOBS["random@0.75"] = ("random", 0.75)
+
+
+def _steps(models: str) -> list[dict[str, Any]]:
+    """One step per letter (s: small, l: large): arithmetic steps open with a list number, prose with a word."""
+    out = []
+    for k, m in enumerate(models):
+        model = "large" if m == "l" else "small"
+        arithmetic = k % 2 == 0
+        out.append(
+            {
+                "model": model,
+                "tokens": 40,
+                "seconds": 40 * (0.028 if model == "large" else 0.017),
+                "probe_seconds": 0.02,
+                "text": f"{k + 1}. 2 + 3 = 5" if arithmetic else "So we think about it.",
+                "probe_token": f"{k + 1}." if arithmetic else "So",
+                "h_init": 0.1 if arithmetic else 0.9,
+                "score": 0.1 if arithmetic else 0.9,
+                "end": "stop",
+            }
+        )
+    return out
+
+
+def _records(
+    *,
+    glimp_speed: float = 0.8,
+    glimp_right: Callable[[int], bool] = lambda i: i % 4 == 0,
+    stall_row: int | None = None,
+    provenance: Callable[[str, int], dict | None] = lambda job, i: None,
+) -> list[dict[str, Any]]:
+    records = []
+    for i in range(N):
+        base = 10.0 + (i % 7)
+        spec = {
+            "glimp@0.8": (glimp_speed * base, glimp_right(i), "slss"),
+            "small-only": (0.5 * base, i % 5 == 0, "ssss"),
+            "large-only": (base, i % 2 == 0, "llll"),
+            "random@0.75": (0.8 * base, i % 4 == 0, "sssl"),
+        }
+        for job, (latency, right, models) in spec.items():
+            strategy, threshold = JOBS[job]
+            steps = _steps(models)
+            if job == "large-only" and i == stall_row:
+                steps[0]["seconds"] = 40 * 0.028 * 100  # a server that froze on this step
+                latency += steps[0]["seconds"]
+            record = {
+                "job": job,
+                "strategy": strategy,
+                "threshold": threshold,
+                "id": f"q{i:03d}",
+                "row": i,
+                "latency_s": latency,
+                "error": None,
+                "correct": right,
+                "steps": len(steps),
+                "large_steps": models.count("l"),
+                "small_tokens": 40 * models.count("s"),
+                "large_tokens": 40 * models.count("l"),
+                "probe_seconds": 0.1 if strategy == "glimp" else 0.0,
+                "final_seconds": 0.3,
+                "step_records": steps,
+            }
+            prov = provenance(job, i)
+            if prov is not None:
+                record["provenance"] = prov
+            records.append(record)
+    return records
+
+
+def _render(report: Any, records: list[dict[str, Any]], *flags: str) -> str:
+    args = report.parse_args(
+        ["--n", str(N), "--sweep-shares", "--random-shares", "--gpu-costs", "/nonexistent", *flags]
+    )
+    text, rows, _ = report.render(records, CALIBRATION, args, figures=False)
+    assert {r["job"] for r in rows} == set(JOBS)
+    return text
+
+
+def test_headline_and_target_flip_with_the_latency(report):
+    fast = _render(report, _records(glimp_speed=0.6))
+    assert "takes a median 0.60x `large-only`'s time" in fast
+    assert "faster than `large-only`" in fast
+    assert "- `glimp` latency <= 0.75 x `large-only`: met" in fast
+    slow = _render(report, _records(glimp_speed=1.4))
+    assert "slower than `large-only`" in slow and "faster than `large-only`" not in slow
+    assert "- `glimp` latency <= 0.75 x `large-only`: MISSED" in slow
+    assert "keeps none of it" in slow and "keeps none of it" not in fast
+
+
+def test_significance_claims_flip_with_the_disagreements(report):
+    same = _render(report, _records(glimp_right=lambda i: i % 4 == 0))  # right exactly where random is
+    assert "disagree on 0 of 40 problems, none significantly" in same
+    assert "not distinguishable in accuracy from `random`" in same
+    better = _render(report, _records(glimp_right=lambda i: True))  # right everywhere: 30 wins, no loss
+    assert "1 of 1 significantly (`random@0.75`)" in better
+    assert "more accurate than `random`" in better
+    assert "more accurate than `large-only`" in better and "less accurate than `large-only`" in same
+
+
+def test_stalls_are_listed_and_named_in_the_headline_never_averaged_in_silently(report):
+    clean = _render(report, _records())
+    assert "Neither job has a stalled step" in clean and "No stalled steps" in clean
+    stalled = _render(report, _records(stall_row=3))
+    assert "| large-only | 3 | q003 | 1 | large |" in stalled
+    assert "counts 1 stalled step of these two jobs" in stalled and "on row 3" in stalled
+    # the headline's median barely moves; the ratio of means does
+    assert "takes a median 0.80x" in clean and "takes a median 0.80x" in stalled
+
+
+def test_signal_claims_are_computed_from_the_steps(report):
+    text = _render(report, _records())
+    # glimp's large step is always its second, a prose step: it favours prose; random's is its fourth (prose too)
+    assert "`glimp@0.8` 50% of prose steps vs 0% of arithmetic ones" in text
+    assert "open most of the computing steps" in text
+
+
+def test_mixed_commits_are_refused_unless_asked_and_then_said(report):
+    def two_commits(job: str, i: int) -> dict:
+        return {"commit": "a" * 40 if i < N // 2 else "b" * 40, "dirty": False}
+
+    records = _records(provenance=two_commits)
+    with pytest.raises(report.MixedCommits, match=r"aaaaaaa \(20\).*bbbbbbb \(20\).*--mix-commits"):
+        _render(report, records)
+    text = _render(report, records, "--mix-commits")
+    assert "rendered with `--mix-commits`" in text
+    assert "**This report pools records of different code states in one row**" in text
+    assert "| large-only | aaaaaaa | 0-19 | 20 |" in text and "| glimp@0.8 | bbbbbbb | 20-39 | 20 |" in text
+    one = _render(report, _records(provenance=lambda job, i: {"commit": "c" * 40, "dirty": False}))
+    assert "pools records" not in one and "| glimp@0.8 | ccccccc | 0-39 | 40 |" in one
+
+
+def test_the_sidecar_gives_old_records_their_provenance(report, tmp_path):
+    results = tmp_path / "runs.jsonl"
+    records = _records()
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    half = len(records) // 2
+    (tmp_path / "runs.provenance.json").write_text(
+        json.dumps(
+            {
+                "batches": [
+                    {"lines": [1, half], "commit": None, "recorded_in": "1111111", "note": "first half"},
+                    {"lines": [half + 1, len(records)], "commit": None, "recorded_in": "2222222"},
+                ]
+            }
+        )
+    )
+    loaded = load_records(results)
+    with pytest.raises(report.MixedCommits, match=r"unrecorded \(results committed in 1111111\)"):
+        _render(report, loaded)
+    text = _render(report, loaded, "--mix-commits")
+    assert "- `unrecorded (results committed in 1111111)`: first half" in text
+    assert "not recorded in 160 of the 160 records" in text
