@@ -34,7 +34,7 @@ from glimp_graph.errors import (
     EndpointUnavailableError,
     LogprobsUnavailableError,
 )
-from glimp_graph.tool_calls import tool_calls_from, tool_request
+from glimp_graph.tool_calls import streams_text, tool_calls_from, tool_request
 
 Role = Literal["small", "large"]
 """Which of the two models: the small one (probes, routine steps) or the large one (hard steps, the answer)."""
@@ -138,7 +138,8 @@ class Request:
         tools: Tools the model may call (OpenAI tool dicts), checked by :func:`glimp_graph.tool_calls.check_tools`.
         tool_choice: ``"auto"``, ``"required"``, ``"none"`` or a named function (``None``: the server's default).
         on_text: Called with each new piece of text as the server streams it; set, the call streams
-            (``stream_options.include_usage`` keeps the token counts).
+            (``stream_options.include_usage`` keeps the token counts), unless its tools forbid it on this server
+            (:func:`glimp_graph.tool_calls.streams_text`): then it gets the text once, the calls taken out.
 
     """
 
@@ -327,30 +328,32 @@ class ModelClient:
         server = self.server_kind()
         messages, kwargs, config = self._shape(request, server)
         start = time.perf_counter()
+        stream = _streams(request, server)
         with self._errors():
-            if request.on_text is None:
-                message = self._llm.invoke(messages, config=config, **kwargs)
-            else:
+            if stream and request.on_text is not None:
                 streamed = _Streamed(request.on_text)
                 for chunk in self._stream_llm.stream(messages, config=config, **kwargs):
                     streamed.add(chunk)
                 message = streamed.message()
-        return self._parse(request, server, message, time.perf_counter() - start)
+            else:
+                message = self._llm.invoke(messages, config=config, **kwargs)
+        return self._parse(request, server, message, time.perf_counter() - start, streamed=stream)
 
     async def acomplete(self, request: Request) -> Completion:
         """Async :meth:`complete`."""
         server = await self.aserver_kind()
         messages, kwargs, config = self._shape(request, server)
         start = time.perf_counter()
+        stream = _streams(request, server)
         with self._errors():
-            if request.on_text is None:
-                message = await self._async_llm().ainvoke(messages, config=config, **kwargs)
-            else:
+            if stream and request.on_text is not None:
                 streamed = _Streamed(request.on_text)
                 async for chunk in self._async_llm(streaming=True).astream(messages, config=config, **kwargs):
                     streamed.add(chunk)
                 message = streamed.message()
-        return self._parse(request, server, message, time.perf_counter() - start)
+            else:
+                message = await self._async_llm().ainvoke(messages, config=config, **kwargs)
+        return self._parse(request, server, message, time.perf_counter() - start, streamed=stream)
 
     def _shape(self, request: Request, server: ServerKind) -> tuple[list[dict[str, Any]], dict[str, Any], dict]:
         self._check_fits(request)
@@ -389,12 +392,14 @@ class ModelClient:
                 "with a larger context",
             )
 
-    def _parse(self, request: Request, server: ServerKind, message: BaseMessage, seconds: float) -> Completion:
+    def _parse(
+        self, request: Request, server: ServerKind, message: BaseMessage, seconds: float, *, streamed: bool
+    ) -> Completion:
         if not isinstance(message, AIMessage) or not isinstance(message.content, str):
             raise self._bad(BadResponseError, f"expected a text chat completion, got {message!r:.200}")
         text = message.content
         # llama.cpp returns the continued prefix with the new text, except when it streams
-        if server == "llama.cpp" and request.prefix and request.on_text is None:
+        if server == "llama.cpp" and request.prefix and not streamed:
             if not text.startswith(request.prefix):
                 raise self._bad(
                     BadResponseError,
@@ -422,6 +427,8 @@ class ModelClient:
                 request.tools,
                 request.tool_choice,
             )
+        if request.on_text is not None and not streamed and text:
+            request.on_text(text)  # the text once the calls are out of it (see tool_calls.streams_text)
         return Completion(
             text=text,
             end=end,
@@ -498,6 +505,11 @@ class ModelClient:
             raise self._bad(EndpointError, f"HTTP {exc.status_code}: {body}") from exc
         except (openai.APIResponseValidationError, ValueError, KeyError, TypeError) as exc:
             raise self._bad(BadResponseError, f"the server's answer is not a valid chat completion: {exc}") from exc
+
+
+def _streams(request: Request, server: ServerKind) -> bool:
+    """Whether the call streams: asked for (``on_text``) and safe with its tools on this server."""
+    return request.on_text is not None and streams_text(server, request.tools, request.tool_choice)
 
 
 class _Streamed:

@@ -4,9 +4,10 @@ The final answer is a *continuation*: the last message is a partial assistant me
 an answer prefix) that the server continues. Servers differ in how tools work with that, so each server kind gets
 its own request shape (measured on the real servers, see docs/SERVING.md):
 
-* ``"vllm"`` and ``"openai"``: ``tools`` and ``tool_choice`` as the OpenAI API defines them. vLLM forces the call
-  format itself (guided decoding) for ``"required"`` and a named function, and parses ``"auto"`` calls when it
-  was started with ``--enable-auto-tool-choice --tool-call-parser hermes`` (Qwen2.5).
+* ``"vllm"`` and ``"openai"``: ``tools`` and ``tool_choice`` as the OpenAI API defines them. vLLM (started with
+  ``--enable-auto-tool-choice --tool-call-parser hermes`` for Qwen2.5) forces the call for ``"required"`` and a
+  named function with a structural tag, and holds the arguments to the tool's schema only for tools marked
+  ``"strict": true``, which the request here sets (without it a 0.5B model wrote junk arguments half the time).
 * ``"llama.cpp"`` (llama-server, Jinja on): the server's own tool-call grammar and its ``json_schema`` /
   ``response_format`` do not work with a continuation (the schema's grammar expects the generation prompt, the
   prefix breaks it: HTTP 400 "Failed to initialize samplers"), and ``"required"`` is not enforced. A raw GBNF
@@ -197,7 +198,8 @@ def tool_request(server_kind: str, tools: Sequence[dict[str, Any]], tool_choice:
     """The keyword arguments that add ``tools`` to a final-answer call (a ``ChatOpenAI`` invocation).
 
     Top-level keys (``tools``, ``tool_choice``) go to the call as they are; ``extra_body`` (only for llama.cpp)
-    must be merged into the continuation's ``extra_body``.
+    must be merged into the continuation's ``extra_body``. For vLLM each tool gets ``"strict": true`` unless it
+    says otherwise: vLLM then holds the arguments to the tool's schema, not only the call's envelope.
 
     Args:
         server_kind: ``"vllm"``, ``"llama.cpp"`` or ``"openai"``.
@@ -216,13 +218,29 @@ def tool_request(server_kind: str, tools: Sequence[dict[str, Any]], tool_choice:
     if not tools:
         return {}
     choice = tool_choice or "auto"
-    tools = [dict(t) for t in tools]
+    tools = [{**t, "function": dict(t["function"])} for t in tools]
     forced = _forced(choice)
     if server_kind == "llama.cpp" and forced is not None:
         chosen = [t for t in tools if not forced or t["function"]["name"] == forced]
         # "none": the server then accepts a grammar, and does not parse; the tools are still in the prompt
         return {"tools": tools, "tool_choice": "none", "extra_body": {"grammar": tool_grammar(chosen)}}
+    if server_kind == "vllm":
+        # without "strict" vLLM constrains only the call's envelope, and small models write junk arguments
+        for tool in tools:
+            tool["function"].setdefault("strict", True)
     return {"tools": tools, "tool_choice": choice}
+
+
+def streams_text(server_kind: str, tools: Sequence[dict[str, Any]] | None, tool_choice: ToolChoice | None) -> bool:
+    """Whether a final-answer call with these tools may stream its text to the user as it comes.
+
+    Only where the server itself separates the calls from the text: no tools, or vLLM / OpenAI without a forced
+    call. On llama.cpp the text may be the call (the grammar's JSON, or a ``<tool_call>`` block read here), so the
+    answer's text is handed on in one piece once the calls are taken out of it.
+    """
+    if not tools or tool_choice == "none":
+        return True
+    return server_kind in ("vllm", "openai") and _forced(tool_choice or "auto") is None
 
 
 # -- reading the calls back ----------------------------------------------------------------------------------------
@@ -557,7 +575,8 @@ class _Grammar:
             if keys[i] in required:
                 return here
             rest = first(i + 1)
-            return self.add(f"{name}-from-{i}", f"{here} | {rest}" if rest else f"{here} |")
+            # (llama.cpp reads past a newline after a trailing "|": an empty last alternative breaks the grammar)
+            return self.add(f"{name}-from-{i}", f"{here} | {rest}" if rest else f"( {here} )?")
 
         body = first(0)
         return self.add(name, rf'"{{" ws {body} ws "}}"')

@@ -43,7 +43,8 @@ def test_the_final_answer_carries_the_tools_and_returns_the_call(
     no_errors(fake_small, fake_large, model=model)
     final = [b for b in fake_large.requests if kind(b) == "final"]
     assert len(final) == 1
-    assert final[0]["tools"] == [CALCULATOR]
+    # vLLM gets the tools as strict (it then holds the arguments to the schema)
+    assert final[0]["tools"] == [{**CALCULATOR, "function": {**CALCULATOR["function"], "strict": True}}]
     assert final[0]["tool_choice"] == "required"
     # the steps never carry tools
     steps = [b for b in fake_small.requests + fake_large.requests if kind(b) != "final"]
@@ -118,3 +119,42 @@ def test_messages_without_a_human_turn_are_refused_by_name(fake_small: FakeServe
         build(fake_small, fake_large).invoke(
             {"messages": [SystemMessage("be brief"), ToolMessage("51", tool_call_id="c")]}
         )
+
+
+def test_llama_cpp_gets_a_grammar_and_the_call_json_is_never_streamed_as_answer_text(
+    fake_small: FakeServer, fake_large: FakeServer, scripted: Scripted
+) -> None:
+    fake_small.owned_by = fake_large.owned_by = "llamacpp"
+    call_json = '{"name": "calculator", "arguments": {"expression": "17 * 3"}}'
+    model = scripted(THREE, answer=call_json)
+    events = list(
+        build(fake_small, fake_large).stream(
+            {"messages": [HumanMessage(QUESTION)]},
+            stream_mode=["custom", "values"],
+            context={"tools": [CALCULATOR], "tool_choice": "required"},
+        )
+    )
+    no_errors(fake_small, fake_large, model=model)
+    [final] = [b for b in fake_large.requests if kind(b) == "final"]
+    assert final["tool_choice"] == "none"  # llama.cpp accepts a grammar beside tools only so
+    assert "calculator" in final["grammar"]
+    assert not final.get("stream")
+    custom = [e for mode, e in events if mode == "custom"]
+    assert [e for e in custom if e["type"] == "answer"] == []
+    out = [e for mode, e in events if mode == "values"][-1]
+    assert out["glimp_answer"] == ""
+    assert [c["args"] for c in out["glimp_tool_calls"]] == [{"expression": "17 * 3"}]
+
+
+def test_text_answers_with_tools_still_stream_on_vllm(
+    fake_small: FakeServer, fake_large: FakeServer, scripted: Scripted
+) -> None:
+    scripted(THREE, answer="The answer is 51.")
+    events = list(
+        build(fake_small, fake_large).stream(
+            {"messages": [HumanMessage(QUESTION)]}, stream_mode="custom", context={"tools": [CALCULATOR]}
+        )
+    )
+    deltas = [e["delta"] for e in events if e["type"] == "answer"]
+    assert len(deltas) > 1 and "".join(deltas).strip() == "The answer is 51."
+    assert fake_large.requests[-1]["stream"] is True
