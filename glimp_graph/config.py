@@ -6,6 +6,7 @@ message naming it. Nothing here reads environment variables: the CLI and the exa
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -216,18 +217,46 @@ class GlimpContext(TypedDict, total=False):
     tool_choice: str | dict[str, Any]
 
 
-def run_settings(context: Mapping[str, Any] | None, tau: object = None) -> dict[str, Any]:
+_NOT_PER_RUN = {
+    **{
+        name: "it is fixed when the graph is built (GlimpConfig)"
+        for name in ("estimator", "vocab_size", "delimiter", "stop_on_repeat", "reuse_probe_token", "scorer")
+    },
+    **{name: "it is the endpoint's (Endpoint)" for name in ("temperature", "top_p", "seed", "base_url", "model")},
+}
+
+
+def run_settings(context: object, tau: object = None) -> dict[str, Any]:
     """A run's overrides as plain data (stored in the run's state, so a resumed run keeps them).
 
+    The graph's own context is a mapping with at least one name of :data:`RUN_SETTINGS`; its other keys are
+    refused by :meth:`GlimpConfig.for_run`. A nested graph inherits its host's context when it is given none
+    (a ``create_agent`` agent's, say): a context that is not a mapping, or a mapping with none of those names,
+    is the host's and is ignored, unless one of its keys looks like a misspelt setting.
+
     Args:
-        context: The runtime context (:class:`GlimpContext`), or ``None``.
+        context: The runtime context (:class:`GlimpContext`), a host graph's context, or ``None``.
         tau: The input's ``glimp_tau``; it wins over the context's ``tau``.
 
     Returns:
         The overrides, JSON-serialisable (a prompt template becomes its fields; ``None`` values are dropped).
 
+    Raises:
+        ValueError: A key of a foreign-looking context is close to a setting's name (``"tua"``).
+
     """
-    settings = {k: v for k, v in dict(context or {}).items() if v is not None}
+    settings: dict[str, Any] = {}
+    if isinstance(context, Mapping):
+        keys = [str(k) for k in context]
+        if RUN_SETTINGS.intersection(keys):
+            settings = {k: v for k, v in context.items() if v is not None}
+        else:
+            for key in keys:
+                if key in _NOT_PER_RUN:
+                    raise ValueError(f"{key!r} cannot be set per run: {_NOT_PER_RUN[key]}")
+                close = difflib.get_close_matches(key, RUN_SETTINGS, n=1, cutoff=0.6)
+                if close and abs(len(close[0]) - len(key)) <= 2:
+                    raise ValueError(f"unknown run setting {key!r}: did you mean {close[0]!r}?")
     if tau is not None:
         settings["tau"] = tau
     if isinstance(settings.get("prompt"), BaseModel):

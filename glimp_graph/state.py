@@ -35,6 +35,32 @@ class Decision(BaseModel):
     note: str | None = None
 
 
+def decide(probe: Probe, tau: float) -> Decision:
+    """The routing rule, the one place it is written: the small model when ``score <= tau``, else the large.
+
+    A probe forced to one model (the small model's server failed) overrides the score. Used by the graph's
+    ``route`` node and by the per-turn middleware.
+
+    Args:
+        probe: What the scorer saw of the step (or of the agent's turn).
+        tau: The threshold in force.
+
+    Returns:
+        The decision, with the probe's entropy, score, scorer and note.
+
+    """
+    model: Role = probe.forced or ("small" if probe.score <= tau else "large")
+    return Decision(
+        index=probe.index,
+        h_init=probe.h_init,
+        score=probe.score,
+        scorer=probe.scorer,
+        tau=tau,
+        model=model,
+        note=probe.note,
+    )
+
+
 class Step(BaseModel):
     """One reasoning step as written into the trace.
 

@@ -14,7 +14,8 @@ the two model clients, the scorer) and is a generator, so that its logic is writ
 
 :func:`node` binds the router and names the node after the function (``builder.add_node(node(router, probe))``);
 its driver sends each call to ``client.complete`` under ``invoke`` and awaits ``client.acomplete`` under
-``ainvoke``. A scorer's ``glimpse`` follows the same contract (``yield from router.scorer.glimpse(ctx)``)::
+``ainvoke``. A scorer's ``glimpse`` follows the same contract (``yield from router.scorer.glimpse(ctx)``);
+:func:`drive` / :func:`adrive` run any such generator outside the graph (the per-turn middleware uses them)::
 
     def probe(state: GlimpState, router: Router) -> NodeLogic:
         done = yield router.small, Request(...)  # the driver calls the model here
@@ -24,7 +25,7 @@ its driver sends each call to ``client.complete`` under ``invoke`` and awaits ``
 both endpoints at once (in threads, or with ``asyncio.gather``) before any model call.
 """
 
-from glimp_graph.nodes._driver import NodeFunction, node
+from glimp_graph.nodes._driver import NodeFunction, adrive, drive, node
 from glimp_graph.nodes.common import NodeLogic, Router
 from glimp_graph.nodes.final import final_answer
 from glimp_graph.nodes.prepare import prepare, prepare_node
@@ -36,6 +37,8 @@ __all__ = [
     "NodeFunction",
     "NodeLogic",
     "Router",
+    "adrive",
+    "drive",
     "final_answer",
     "large_step",
     "node",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from langchain_core.messages import (
@@ -86,13 +85,14 @@ def resolve(state: GlimpState) -> tuple[str, list[dict[str, Any]], list[dict[str
     return question, _chat(messages[:last_human]), _chat(messages[last_human + 1 :]), True
 
 
-def prepare(state: GlimpState, router: Router, context: Mapping[str, Any] | None = None) -> GlimpState:
+def prepare(state: GlimpState, router: Router, context: object = None) -> GlimpState:
     """Read the question and the run's settings, and start a fresh reasoning trace.
 
     Args:
         state: The graph's state at the start of a run.
         router: The graph's router (its settings are the defaults).
-        context: The run's runtime context (:class:`~glimp_graph.config.GlimpContext`), or ``None``.
+        context: The run's runtime context (:class:`~glimp_graph.config.GlimpContext`, or a host graph's,
+            ignored: see :func:`~glimp_graph.config.run_settings`), or ``None``.
 
     Raises:
         InputError: No question, an empty one, or a bad run setting (``glimp_tau`` or a context key).
@@ -105,10 +105,8 @@ def prepare(state: GlimpState, router: Router, context: Mapping[str, Any] | None
             check_tau(tau, name="glimp_tau")
         except ValueError as exc:
             raise InputError(str(exc)) from None
-    if context is not None and not isinstance(context, Mapping):
-        raise InputError(f"the run's context must be a mapping of settings, got {type(context).__name__}")
-    settings = run_settings(context, tau)
     try:
+        settings = run_settings(context, tau)
         run = router.for_run(settings)
     except ValueError as exc:
         raise InputError(f"{exc} (from the run's context / glimp_tau)") from None

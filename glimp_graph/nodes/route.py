@@ -7,7 +7,7 @@ from typing import Literal
 from langgraph.types import Command
 
 from glimp_graph.nodes.common import emit
-from glimp_graph.state import Decision, GlimpState
+from glimp_graph.state import GlimpState, decide
 
 
 def route(state: GlimpState) -> Command[Literal["small_step", "large_step"]]:
@@ -16,16 +16,6 @@ def route(state: GlimpState) -> Command[Literal["small_step", "large_step"]]:
     A probe forced to one model (the small model's server failed and the run falls back) overrides the score.
     """
     probe = state["glimp_probe"]
-    tau = state["glimp_run_tau"]
-    model = probe.forced or ("small" if probe.score <= tau else "large")
-    decision = Decision(
-        index=probe.index,
-        h_init=probe.h_init,
-        score=probe.score,
-        scorer=probe.scorer,
-        tau=tau,
-        model=model,
-        note=probe.note,
-    )
+    decision = decide(probe, state["glimp_run_tau"])
     emit({"type": "route", **decision.model_dump(), "probe_token": probe.token})
-    return Command(goto=f"{model}_step", update={"glimp_decision": decision})
+    return Command(goto=f"{decision.model}_step", update={"glimp_decision": decision})

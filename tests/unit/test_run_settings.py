@@ -89,8 +89,9 @@ def test_prompt_preset_per_run(fake_small: FakeServer, fake_large: FakeServer, s
         ({"final_max_tokens": -3}, "final_max_tokens"),
         ({"prompt": "chatty"}, "chatty"),
         ({"max_step_tokens": 100_000}, "max_step_tokens"),
-        ({"temperature": 0.1}, "'temperature'"),
-        ({"delimiter": "\n"}, "'delimiter'"),
+        ({"temperature": 0.1}, "'temperature' cannot be set per run"),
+        ({"delimiter": "\n"}, "'delimiter' cannot be set per run"),
+        ({"tau": 0.5, "delimiter": "\n"}, "'delimiter'"),
         ({"tool_choice": "required"}, "tool"),
     ],
 )
@@ -99,7 +100,7 @@ def test_a_bad_run_setting_is_named_before_any_call(
 ) -> None:
     scripted(THREE)
     graph = build(fake_small, fake_large)
-    with pytest.raises(InputError, match="run setting") as info:
+    with pytest.raises(InputError, match="run setting|per run") as info:
         graph.invoke({"question": QUESTION}, context=context)
     assert named in str(info.value)
     assert fake_small.requests == [] and fake_large.requests == []
@@ -154,3 +155,30 @@ def test_routers_per_setting_are_kept_and_bounded(fake_small: FakeServer, fake_l
     for n in range(RUN_CACHE_SIZE + 5):
         router.for_run({"final_max_tokens": n + 1})
     assert len(router._runs) == RUN_CACHE_SIZE
+
+
+def test_a_host_graph_context_is_not_taken_for_settings(
+    fake_small: FakeServer, fake_large: FakeServer, scripted: Scripted
+) -> None:
+    """A nested graph given no context inherits its host's (create_agent's): that one is not ours."""
+    from dataclasses import dataclass
+
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    @dataclass
+    class HostContext:
+        user_id: str
+
+    scripted(THREE)
+    glimp = build(fake_small, fake_large)
+    for schema, context in ((dict, {"user_id": "u1", "locale": "de"}), (HostContext, HostContext("u1"))):
+        host = StateGraph(MessagesState, context_schema=schema)
+        host.add_node("glimp", glimp)
+        host.add_edge(START, "glimp")
+        out = host.compile().invoke({"messages": [("user", QUESTION)]}, context=context)
+        assert out["messages"][-1].content == "42"
+
+
+def test_a_misspelt_setting_is_not_taken_for_a_host_context(fake_small: FakeServer, fake_large: FakeServer) -> None:
+    with pytest.raises(InputError, match="'tua'.*did you mean 'tau'"):
+        build(fake_small, fake_large).invoke({"question": QUESTION}, context={"tua": 0.5})
