@@ -1,10 +1,16 @@
-"""An OpenAI-compatible face for the router: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+"""An OpenAI-compatible face for the router: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``.
 
-Any OpenAI client (the ``openai`` package, LangChain's ``ChatOpenAI``, ...) can call the GlimpRouter graph as if
-it were one model. The answer is the assistant message; the reasoning steps are in ``reasoning_content`` (the
-field reasoning models use) and the routing record in an extra ``glimp`` field (steps and statistics). With
-``"stream": true`` the server sends Server-Sent Events: one ``reasoning_content`` delta per step as it is
-written, then the answer as ``content``, then ``data: [DONE]``.
+Any OpenAI client (the ``openai`` package, LangChain's ``ChatOpenAI``, an agent framework) can call the GlimpRouter
+graph as if it were one model. The answer is the assistant message; the reasoning steps are in
+``reasoning_content`` (the field reasoning models use) and the routing record in an extra ``glimp`` field (steps
+and statistics). With ``"stream": true`` the server sends Server-Sent Events: one ``reasoning_content`` delta per
+step as it is written, then the answer token by token as ``content``, then ``data: [DONE]``; a comment line
+(``: keep-alive``) goes out while a long step runs, so proxies keep the connection open.
+
+One compiled graph serves every request: what a request sets (``max_tokens``, the threshold, ``tools``,
+``tool_choice``) goes to the graph as its runtime ``context`` (:class:`~glimp_graph.config.GlimpContext`). The
+threshold can be chosen by the model name: ``"<served name>@<tau>"`` (``glimp-router@0.8``), as RouteLLM's
+``router-mf-0.116``.
 
 Run it with ``glimp serve-router`` (uvicorn, 127.0.0.1 by default), or mount :func:`create_app` in your own ASGI
 server. Needs ``starlette`` (and ``uvicorn`` to serve): ``pip install "glimp-graph[server]"``.
@@ -12,16 +18,22 @@ server. Needs ``starlette`` (and ``uvicorn`` to serve): ``pip install "glimp-gra
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
+import logging
 import math
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+import httpx
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages.tool import invalid_tool_call, tool_call
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,18 +41,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from glimp_graph.config import check_tau
+from glimp_graph.endpoints import Endpoint
 from glimp_graph.errors import EndpointError, GlimpError, InputError
 from glimp_graph.state import reasoning_text
+from glimp_graph.tool_calls import check_tools
 
-GraphFactory = Callable[[Mapping[str, Any]], Any]
-"""``(overrides) -> compiled graph``; overrides hold ``final_max_tokens`` when the request sets ``max_tokens``."""
+logger = logging.getLogger("glimp_graph.router_server")
 
-_ROLES: dict[str, type[BaseMessage]] = {
-    "system": SystemMessage,
-    "developer": SystemMessage,
-    "user": HumanMessage,
-    "assistant": AIMessage,
-}
+KEEPALIVE = ": keep-alive\n\n"
+"""The SSE comment sent while no event came for ``keepalive_seconds`` (clients ignore comment lines)."""
+
+_TAU_SUFFIX = re.compile(r"[+-]?(?:inf|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)")
 
 
 class RequestError(Exception):
@@ -55,6 +66,9 @@ class RequestError(Exception):
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
         body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
         return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+# --------------------------------------------------------------------------- request parsing
 
 
 def _text(content: Any, where: str) -> str:
@@ -75,25 +89,157 @@ def _text(content: Any, where: str) -> str:
     raise RequestError(400, f"{where}.content must be a string or a list of text parts", param="messages")
 
 
+def _bad_message(message: str) -> RequestError:
+    return RequestError(400, message, param="messages")
+
+
+def _assistant(message: dict[str, Any], where: str) -> AIMessage:
+    """An assistant message, with its ``tool_calls`` (OpenAI format) as LangChain tool calls.
+
+    Arguments that are not a JSON object are kept as an invalid tool call (as ``ChatOpenAI`` reads them), so an
+    agent can send back a turn whose call the model wrote badly; a call without an id or a name is refused.
+    """
+    raw = message.get("tool_calls")
+    content = _text(message.get("content"), where)
+    if raw is None:
+        return AIMessage(content=content)
+    if not isinstance(raw, list):
+        raise _bad_message(f"{where}.tool_calls must be a list of tool calls, got {type(raw).__name__}")
+    calls, invalid = [], []
+    for j, call in enumerate(raw):
+        at = f"{where}.tool_calls[{j}]"
+        if not isinstance(call, dict):
+            raise _bad_message(f"{at} must be an object with 'id', 'type' and 'function'")
+        if call.get("type", "function") != "function":
+            raise _bad_message(f"{at}.type must be 'function', got {call.get('type')!r}")
+        call_id, function = call.get("id"), call.get("function")
+        if not isinstance(call_id, str) or not call_id:
+            raise _bad_message(f"{at}.id must be a non-empty string (the id its tool message answers)")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise _bad_message(f"{at}.function must be an object with a non-empty 'name'")
+        arguments = function.get("arguments", "{}")
+        if not isinstance(arguments, str):
+            raise _bad_message(f"{at}.function.arguments must be a string (JSON), got {type(arguments).__name__}")
+        try:
+            args = json.loads(arguments or "{}")
+        except ValueError as exc:
+            invalid.append(invalid_tool_call(name=function["name"], args=arguments, id=call_id, error=str(exc)))
+            continue
+        if not isinstance(args, dict):
+            error = f"arguments are not a JSON object: {arguments[:80]}"
+            invalid.append(invalid_tool_call(name=function["name"], args=arguments, id=call_id, error=error))
+            continue
+        calls.append(tool_call(name=function["name"], args=args, id=call_id))
+    return AIMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid)
+
+
 def parse_messages(raw: Any) -> list[BaseMessage]:
-    """The request's ``messages`` as LangChain messages (text only; the last user message is the question)."""
+    """The request's ``messages`` as LangChain messages (the last user message is the question).
+
+    Roles: ``system`` / ``developer``, ``user``, ``assistant`` (with ``tool_calls`` in OpenAI's format) and
+    ``tool`` (its ``tool_call_id`` must answer a call of an earlier assistant message). Content is text or a list
+    of text parts.
+
+    Raises:
+        RequestError: 400 naming the message and the field at fault.
+
+    """
     if not isinstance(raw, list) or not raw:
-        raise RequestError(400, "'messages' is required: a non-empty list of {role, content} objects", param="messages")
+        raise _bad_message("'messages' is required: a non-empty list of {role, content} objects")
     out: list[BaseMessage] = []
+    call_ids: set[str] = set()
     for i, message in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise RequestError(400, f"{where} must be an object with 'role' and 'content'", param="messages")
+            raise _bad_message(f"{where} must be an object with 'role' and 'content'")
         role = message.get("role")
-        if role not in _ROLES:
-            raise RequestError(400, f"{where}.role must be one of {sorted(_ROLES)}, got {role!r}", param="messages")
-        out.append(_ROLES[role](content=_text(message.get("content"), where)))
-    if not any(isinstance(m, HumanMessage) and m.content.strip() for m in out):
-        raise RequestError(400, "'messages' has no user message with text: nothing to answer", param="messages")
+        if role in ("system", "developer"):
+            out.append(SystemMessage(content=_text(message.get("content"), where)))
+        elif role == "user":
+            out.append(HumanMessage(content=_text(message.get("content"), where)))
+        elif role == "assistant":
+            answer = _assistant(message, where)
+            call_ids.update(str(c["id"]) for c in [*answer.tool_calls, *answer.invalid_tool_calls])
+            out.append(answer)
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise _bad_message(f"{where}.tool_call_id is required: the id of the tool call this message answers")
+            if call_id not in call_ids:
+                raise _bad_message(
+                    f"{where}.tool_call_id {call_id!r} answers no tool call of an earlier assistant message"
+                )
+            out.append(ToolMessage(content=_text(message.get("content"), where), tool_call_id=call_id))
+        elif role == "function":
+            raise _bad_message(f"{where}.role 'function' is the deprecated form: send role 'tool' with tool_call_id")
+        else:
+            roles = ["assistant", "developer", "system", "tool", "user"]
+            raise _bad_message(f"{where}.role must be one of {roles}, got {role!r}")
+    if not any(isinstance(m, HumanMessage) and str(m.content).strip() for m in out):
+        raise _bad_message("'messages' has no user message with text: nothing to answer")
     return out
 
 
-def _positive_int(body: dict[str, Any], name: str, limit: int) -> int | None:
+def parse_tools(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]] | None, Any]:
+    """The request's ``tools`` and ``tool_choice``, checked by the graph's own rule (``check_tools``).
+
+    An empty ``tools`` list counts as no tools; ``tool_choice`` ``"required"`` or a named function needs tools
+    (and the named function among them); ``"auto"`` and ``"none"`` are accepted without.
+
+    Returns:
+        The tools as OpenAI tool dicts and the tool choice (``None``, ``None`` when the run has no tools).
+
+    Raises:
+        RequestError: 400 naming ``tools`` or ``tool_choice`` and the tool at fault.
+
+    """
+    for legacy, replacement in (("functions", "tools"), ("function_call", "tool_choice")):
+        if body.get(legacy) is not None:
+            raise RequestError(400, f"'{legacy}' is deprecated by OpenAI: send '{replacement}'", param=legacy)
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if tools is not None and not isinstance(tools, list):
+        raise RequestError(400, f"'tools' must be a list of tools, got {type(tools).__name__}", param="tools")
+    for i, tool in enumerate(tools or []):
+        if not isinstance(tool, dict):
+            raise RequestError(400, f"'tools'[{i}] must be an object, got {tool!r:.80}", param="tools")
+        if tool.get("type", "function") != "function":
+            message = f"'tools'[{i}].type is {tool.get('type')!r}: only 'function' tools are supported"
+            raise RequestError(400, message, param="tools")
+    try:
+        checked, _ = check_tools(tools)
+    except ValueError as exc:
+        raise RequestError(400, f"'tools': {exc}", param="tools") from None
+    try:
+        checked, choice = check_tools(checked, choice)
+    except ValueError as exc:
+        raise RequestError(400, f"'tool_choice': {exc}", param="tool_choice") from None
+    return (checked, choice) if checked else (None, None)
+
+
+def parse_model(model: Any, served: str) -> float | None:
+    """The threshold a request's ``model`` selects: ``"<served>@<tau>"`` -> tau; the served name -> ``None``.
+
+    A name without ``@`` that is not the served one is accepted and selects nothing (the router is the only model
+    here, and clients often send a default name).
+
+    Raises:
+        RequestError: 400 naming ``model`` when it has a suffix that is not a threshold, or another base name.
+
+    """
+    if not isinstance(model, str) or model == served or "@" not in model:
+        return None
+    base, _, suffix = model.rpartition("@")
+    if base != served:
+        message = f"'model'={model!r}: this server serves {served!r}, or {served + '@<tau>'!r} to set the threshold"
+        raise RequestError(400, message, param="model")
+    if not _TAU_SUFFIX.fullmatch(suffix):
+        example = f"{served}@0.8"
+        message = f"'model'={model!r}: after '@' comes a threshold in nats (e.g. {example}), got {suffix!r}"
+        raise RequestError(400, message, param="model")
+    return check_tau(float(suffix), name="the threshold in 'model'")
+
+
+def _positive_int(body: Mapping[str, Any], name: str, limit: int) -> int | None:
     value = body.get(name)
     if value is None:
         return None
@@ -104,34 +250,96 @@ def _positive_int(body: dict[str, Any], name: str, limit: int) -> int | None:
     return value
 
 
+def _tau(body: Mapping[str, Any], from_model: float | None) -> float | None:
+    """This request's threshold: from ``model`` (``name@tau``) or ``glimp_tau``; both must agree when both are set."""
+    given = body.get("glimp_tau")
+    if given is None:
+        return from_model
+    try:
+        from_body = check_tau(given, name="'glimp_tau'")
+    except ValueError as exc:
+        raise RequestError(400, str(exc), param="glimp_tau") from None
+    if from_model is not None and from_model != from_body:
+        message = (
+            f"'glimp_tau'={given!r} contradicts the threshold in 'model'={body.get('model')!r}: set one of the two"
+        )
+        raise RequestError(400, message, param="glimp_tau")
+    return from_body
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One chat completion request, read and checked: the graph's input and runtime context, and how to answer.
+
+    Attributes:
+        inputs: The graph's input (``{"messages": [...]}``).
+        context: The run's settings for the graph's runtime context (``final_max_tokens``, ``tau``, ``tools``,
+            ``tool_choice``; only those the request sets).
+        stream: Answer with Server-Sent Events.
+        include_usage: Send the usage chunk at the end of a stream (``stream_options.include_usage``).
+        model: The model name the answer carries: the request's when it chose a threshold (``name@tau``), else
+            the served name.
+
+    """
+
+    inputs: dict[str, Any]
+    context: dict[str, Any]
+    stream: bool = False
+    include_usage: bool = False
+    model: str = "glimp-router"
+
+    @classmethod
+    def read(cls, body: Mapping[str, Any], settings: ServerSettings) -> RunRequest:
+        """Check a request body and turn it into a run (400 naming the field at fault)."""
+        messages = parse_messages(body.get("messages"))
+        if body.get("n") not in (None, 1):
+            raise RequestError(400, f"'n'={body.get('n')!r}: only one choice is supported", param="n")
+        limit = settings.max_tokens_limit
+        max_tokens = _positive_int(body, "max_completion_tokens", limit) or _positive_int(body, "max_tokens", limit)
+        context: dict[str, Any] = {}
+        if max_tokens:
+            context["final_max_tokens"] = max_tokens
+        from_model = parse_model(body.get("model"), settings.model_name)
+        tau = _tau(body, from_model)
+        if tau is not None:
+            context["tau"] = tau
+        model = settings.model_name if from_model is None else str(body["model"])
+        tools, choice = parse_tools(body)
+        if tools:
+            context["tools"] = tools
+            if choice is not None:
+                context["tool_choice"] = choice
+        options = body.get("stream_options")
+        include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
+        return cls({"messages": messages}, context, bool(body.get("stream")), include_usage, model)
+
+
+# --------------------------------------------------------------------------- the app
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """What one app serves and how it guards it; kept on ``app.state.glimp`` for the handlers.
 
     Attributes:
-        graphs: A compiled GlimpRouter graph, or a factory ``(overrides) -> graph``.
-        model_name: The model id that ``GET /v1/models`` lists and responses carry.
+        graph: The compiled GlimpRouter graph; every request runs it, its settings in the runtime context.
+        model_name: The model id that ``GET /v1/models`` lists and responses carry (``<model_name>@<tau>`` sets
+            a request's threshold).
         authorization: The ``Authorization`` header every request must carry (``None``: no token).
         max_body_bytes: Larger request bodies are refused with 413.
         max_tokens_limit: A larger ``max_tokens`` / ``max_completion_tokens`` is refused with 400.
+        keepalive_seconds: A stream sends an SSE comment after this long without an event.
+        endpoints: The model endpoints by role, checked by ``GET /health?deep=1`` (empty: nothing to check).
 
     """
 
-    graphs: Any
+    graph: Any
     model_name: str = "glimp-router"
     authorization: bytes | None = None
     max_body_bytes: int = 1_000_000
     max_tokens_limit: int = 4096
-    built: dict[tuple[tuple[str, Any], ...], Any] = field(default_factory=dict, compare=False, repr=False)
-
-    def graph(self, overrides: Mapping[str, Any]) -> Any:
-        """The graph for a request's ``overrides`` (built once per overrides by a factory; a graph is itself)."""
-        if hasattr(self.graphs, "astream"):
-            return self.graphs
-        key = tuple(sorted(overrides.items()))
-        if key not in self.built:
-            self.built[key] = self.graphs(dict(overrides))
-        return self.built[key]
+    keepalive_seconds: float = 10.0
+    endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
 
     def authorize(self, request: Request) -> None:
         """Refuse (401) a request without the bearer token, compared in constant time."""
@@ -143,52 +351,73 @@ class ServerSettings:
 
 
 def create_app(
-    graph_factory_or_graph: Any,
+    graph: Any,
     *,
     model_name: str = "glimp-router",
     api_token: SecretStr | str | None = None,
     max_body_bytes: int = 1_000_000,
     max_tokens_limit: int = 4096,
+    keepalive_seconds: float = 10.0,
+    endpoints: Mapping[str, Endpoint] | None = None,
 ) -> Starlette:
     """Build the ASGI app that serves a GlimpRouter graph behind the OpenAI chat completions API.
 
     Args:
-        graph_factory_or_graph: A compiled GlimpRouter graph (the request's ``max_tokens`` is then only checked
-            against the limit), or a factory ``(overrides) -> graph`` called with ``{"final_max_tokens": n}``
-            when a request sets ``max_tokens`` (``{}`` otherwise); its graphs are cached per overrides.
-        model_name: The model id that ``GET /v1/models`` lists and responses carry.
-        api_token: When set, every request needs ``Authorization: Bearer <token>`` (checked in constant time).
+        graph: A compiled GlimpRouter graph (:func:`~glimp_graph.create_glimp_graph`). It serves every request:
+            a request's settings go to it as its runtime ``context``.
+        model_name: The model id that ``GET /v1/models`` lists and responses carry; a request's
+            ``"<model_name>@<tau>"`` sets its threshold.
+        api_token: When set, every request needs ``Authorization: Bearer <token>`` (checked in constant time);
+            ``GET /health`` without ``deep`` stays open.
         max_body_bytes: Larger request bodies are refused with 413.
         max_tokens_limit: A larger ``max_tokens`` / ``max_completion_tokens`` is refused with 400.
+        keepalive_seconds: While a stream waits longer than this for the next event, it sends ``: keep-alive``.
+        endpoints: The model endpoints by role (``{"small": ..., "large": ...}``) for ``GET /health?deep=1``.
 
     Returns:
         A Starlette app.
 
+    Raises:
+        TypeError: ``graph`` is not a compiled graph (a factory of graphs is no longer taken).
+        ValueError: ``keepalive_seconds`` is not positive.
+
     Request fields used: ``messages`` (required; the last user message is the question, earlier ones are
-    history), ``stream``, ``max_tokens`` / ``max_completion_tokens`` (caps the final answer), and the extension
-    ``glimp_tau`` (this request's entropy threshold). Other sampling fields are accepted and ignored: the
-    endpoints' settings apply. ``n`` > 1 and ``tools`` are refused.
+    history; assistant ``tool_calls`` and ``tool`` messages of an agent loop are read), ``stream``,
+    ``stream_options.include_usage``, ``max_tokens`` / ``max_completion_tokens`` (caps the final answer),
+    ``model`` (``name@tau``), ``tools`` / ``tool_choice`` (offered to the large model's final answer), and the
+    extension ``glimp_tau``. Other sampling fields are accepted and ignored: the endpoints' settings apply.
+    ``n`` > 1 is refused.
 
     """
+    if not hasattr(graph, "astream") or not hasattr(graph, "ainvoke"):
+        raise TypeError(
+            f"create_app takes a compiled graph (create_glimp_graph(...)), got {type(graph).__name__}: one graph "
+            "serves every request, its per-request settings go in the runtime context (no graph factory)"
+        )
+    if not keepalive_seconds > 0:
+        raise ValueError(f"keepalive_seconds must be > 0, got {keepalive_seconds!r}")
     token = api_token.get_secret_value() if isinstance(api_token, SecretStr) else api_token
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
         ]
     )
     app.state.glimp = ServerSettings(
-        graphs=graph_factory_or_graph,
+        graph=graph,
         model_name=model_name,
         authorization=f"Bearer {token}".encode() if token else None,
         max_body_bytes=max_body_bytes,
         max_tokens_limit=max_tokens_limit,
+        keepalive_seconds=float(keepalive_seconds),
+        endpoints=dict(endpoints or {}),
     )
     return app
 
 
 async def models(request: Request) -> Response:
-    """``GET /v1/models``: the router, as the one model served."""
+    """``GET /v1/models``: the router, as the one model served (``<id>@<tau>`` is accepted, not listed)."""
     settings: ServerSettings = request.app.state.glimp
     try:
         settings.authorize(request)
@@ -198,36 +427,78 @@ async def models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [card]})
 
 
+async def health(request: Request) -> Response:
+    """``GET /health``: liveness, open to all (``{"status": "ok"}``, nothing about the models).
+
+    ``?deep=1`` (bearer token required when one is set) also asks each endpoint ``GET /models`` and answers 200
+    with ``{"status": "ok", "endpoints": {"small": "ok", ...}}``, or 503 with ``"status": "unavailable"`` and what
+    failed per role (no URLs).
+    """
+    settings: ServerSettings = request.app.state.glimp
+    deep = request.query_params.get("deep", "0").lower()
+    if deep not in ("0", "1", "false", "true", ""):
+        return RequestError(400, f"'deep' must be 1 or 0, got {deep!r}", param="deep").response()
+    if deep not in ("1", "true"):
+        return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+    try:
+        settings.authorize(request)
+    except RequestError as exc:
+        return exc.response()
+    roles = list(settings.endpoints)
+    states = await asyncio.gather(*(_ping(settings.endpoints[r]) for r in roles))
+    ok = all(s == "ok" for s in states)
+    body = {"status": "ok" if ok else "unavailable", "endpoints": dict(zip(roles, states, strict=True))}
+    return JSONResponse(body, status_code=200 if ok else 503, headers={"Cache-Control": "no-store"})
+
+
+async def _ping(endpoint: Endpoint) -> str:
+    """``"ok"`` when the endpoint answers ``GET /models`` with 200, else a short reason (no URL)."""
+    headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}"}
+    try:
+        async with httpx.AsyncClient(timeout=min(endpoint.timeout, 10.0)) as http:
+            answer = await http.get(f"{endpoint.base_url}/models", headers=headers)
+    except httpx.TimeoutException:
+        return "no answer within the timeout"
+    except httpx.HTTPError as exc:
+        return f"unreachable ({type(exc).__name__})"
+    return "ok" if answer.status_code == 200 else f"HTTP {answer.status_code}"
+
+
 async def chat_completions(request: Request) -> Response:
     """``POST /v1/chat/completions``: one run of the graph, as one JSON body or as Server-Sent Events."""
     settings: ServerSettings = request.app.state.glimp
     try:
         settings.authorize(request)
         body = await _read_body(request, settings.max_body_bytes)
-        inputs, overrides = _graph_inputs(body, settings.max_tokens_limit)
-        graph = settings.graph(overrides)
+        run = RunRequest.read(body, settings)
     except RequestError as exc:
         return exc.response()
-    completion = _Completion(settings.model_name)
-    if body.get("stream"):
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    completion = _Completion(run.model)
+    if run.stream:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        events = _sse(graph, inputs, completion, include_usage)
+        events = _sse(settings, run, completion)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
     try:
-        result = await graph.ainvoke(inputs)
+        result = await settings.graph.ainvoke(run.inputs, context=run.context)
     except GlimpError as exc:
-        return _graph_error(exc).response()
+        return _graph_error(exc, run).response()
     steps, stats = result["glimp_steps"], result["glimp_stats"].model_dump()
     # the graph's own reasoning text (joined with its delimiter), on the answer it appends to the messages
-    reasoning = result["messages"][-1].additional_kwargs["reasoning_content"]
-    message = {"role": "assistant", "content": result["glimp_answer"], "reasoning_content": reasoning}
+    reasoning = result["messages"][-1].additional_kwargs.get("reasoning_content", "")
+    invalid = list(result.get("glimp_invalid_tool_calls") or [])
+    calls = _openai_tool_calls(result.get("glimp_tool_calls") or [], invalid)
+    answer = result["glimp_answer"]
+    message: dict[str, Any] = {"role": "assistant", "content": answer if answer or not calls else None}
+    message["reasoning_content"] = reasoning
+    if calls:
+        message["tool_calls"] = calls
+    choice = {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop", "logprobs": None}
     return JSONResponse(
         completion.body(
             "chat.completion",
-            choices=[{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+            choices=[choice],
             usage=_usage(stats),
-            glimp=_json_safe({"steps": [s.model_dump() for s in steps], "stats": stats}),
+            glimp=_record([s.model_dump() for s in steps], stats, invalid),
         )
     )
 
@@ -251,22 +522,7 @@ async def _read_body(request: Request, limit: int) -> dict[str, Any]:
     return body
 
 
-def _graph_inputs(body: dict[str, Any], max_tokens_limit: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The graph's input and the settings the request overrides (``final_max_tokens``), or a 400."""
-    messages = parse_messages(body.get("messages"))
-    max_tokens = _positive_int(body, "max_completion_tokens", max_tokens_limit)
-    max_tokens = max_tokens or _positive_int(body, "max_tokens", max_tokens_limit)
-    if body.get("n") not in (None, 1):
-        raise RequestError(400, f"'n'={body.get('n')!r}: only one choice is supported", param="n")
-    if body.get("tools"):
-        raise RequestError(400, "'tools' are not supported by the router", param="tools")
-    inputs: dict[str, Any] = {"messages": messages}
-    if body.get("glimp_tau") is not None:
-        try:
-            inputs["glimp_tau"] = check_tau(body["glimp_tau"], name="'glimp_tau'")
-        except ValueError as exc:
-            raise RequestError(400, str(exc), param="glimp_tau") from None
-    return inputs, {"final_max_tokens": max_tokens} if max_tokens else {}
+# --------------------------------------------------------------------------- answers
 
 
 @dataclass(frozen=True)
@@ -291,18 +547,56 @@ class _Completion:
         return self.event(choices=[choice], **extra)
 
 
-def _graph_error(exc: GlimpError) -> RequestError:
+def _graph_error(exc: GlimpError, run: RunRequest) -> RequestError:
     if isinstance(exc, InputError):
         return RequestError(400, str(exc))
     if isinstance(exc, EndpointError):
-        return RequestError(502, f"a model endpoint failed: {exc}", kind="upstream_error")
+        message = f"a model endpoint failed: {exc}"
+        if run.context.get("tools") and exc.role == "large":
+            names = [t["function"]["name"] for t in run.context["tools"]]
+            message += f" (the request offered the tools {names}: the large model's server may reject their schema)"
+        return RequestError(502, message, kind="upstream_error")
     return RequestError(500, str(exc), kind="server_error")
 
 
 def _usage(stats: Mapping[str, Any]) -> dict[str, int]:
-    """The OpenAI ``usage`` of a run, from its :class:`~glimp_graph.state.RunStats` as a dict."""
+    """The OpenAI ``usage`` of a run, from its :class:`~glimp_graph.state.RunStats` as a dict (both models)."""
+    prompt = int(stats.get("small_prompt_tokens", 0) + stats.get("large_prompt_tokens", 0))
     completion = int(stats["small_tokens"] + stats["large_tokens"])
-    return {"prompt_tokens": 0, "completion_tokens": completion, "total_tokens": completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _openai_tool_calls(calls: list[Mapping[str, Any]], invalid: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The graph's tool calls in OpenAI's format: ``{"id", "type": "function", "function": {name, arguments}}``.
+
+    Invalid calls (arguments that are not JSON, a name not among the tools) are passed on as the model wrote
+    them, as OpenAI does (its ``arguments`` are not guaranteed to be valid JSON either): ``ChatOpenAI`` reads
+    them back into ``invalid_tool_calls``. The reasons are in the response's ``glimp.invalid_tool_calls``.
+    """
+    out = []
+    for call in calls:
+        arguments = json.dumps(call.get("args") or {}, ensure_ascii=False)
+        out.append(_openai_call(call.get("id"), str(call["name"]), arguments))
+    for call in invalid:
+        args = call.get("args")
+        arguments = args if isinstance(args, str) else json.dumps(args or {}, ensure_ascii=False)
+        out.append(_openai_call(call.get("id"), str(call.get("name") or ""), arguments))
+    return out
+
+
+def _openai_call(call_id: Any, name: str, arguments: str) -> dict[str, Any]:
+    call_id = call_id if isinstance(call_id, str) and call_id else f"call_{uuid.uuid4().hex[:24]}"
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _record(steps: list[dict[str, Any]], stats: Mapping[str, Any], invalid: list[Mapping[str, Any]]) -> Any:
+    """The response's ``glimp`` field: every step, the statistics, and why tool calls are invalid (when any)."""
+    record: dict[str, Any] = {"steps": steps, "stats": dict(stats)}
+    if invalid:
+        record["invalid_tool_calls"] = [
+            {"id": c.get("id"), "name": c.get("name"), "error": c.get("error")} for c in invalid
+        ]
+    return _json_safe(record)
 
 
 def _json_safe(value: Any) -> Any:
@@ -316,25 +610,114 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-async def _sse(graph: Any, inputs: dict[str, Any], completion: _Completion, include_usage: bool) -> AsyncIterator[str]:
-    """The run as Server-Sent Events: the role, one reasoning delta per step, the answer, the record, [DONE]."""
+class _AnswerText:
+    """The answer's streamed deltas, as the graph's final ``glimp_answer`` will read.
+
+    Leading whitespace is dropped and trailing whitespace held back until more text follows (the graph strips the
+    answer), so the pieces sent add up to the final answer; :meth:`rest` gives what the deltas did not send (all of
+    it when the graph sent the text in one piece at the end, as it does where a tool call may be written as text).
+    """
+
+    def __init__(self) -> None:
+        self.sent = ""
+        self._raw = ""
+
+    def push(self, delta: str) -> str:
+        """The part of the answer to send now that ``delta`` came."""
+        self._raw += delta
+        visible = self._raw.strip()
+        if len(visible) <= len(self.sent) or not visible.startswith(self.sent):
+            return ""
+        piece, self.sent = visible[len(self.sent) :], visible
+        return piece
+
+    def rest(self, answer: str) -> str:
+        """What of the final ``answer`` is still to send ("" when the deltas sent something else)."""
+        if answer.startswith(self.sent):
+            return answer[len(self.sent) :]
+        logger.warning("the streamed answer differs from the final one; the final one was not sent again")
+        return ""
+
+
+async def _events(settings: ServerSettings, run: RunRequest) -> AsyncIterator[dict[str, Any] | None]:
+    """The graph's custom events, with ``None`` after each ``keepalive_seconds`` without one.
+
+    The graph runs in its own task (so it keeps one context throughout) and hands events over a queue; the task is
+    cancelled when the consumer stops (a client that went away).
+    """
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for event in settings.graph.astream(run.inputs, context=run.context, stream_mode="custom"):
+                await queue.put(("event", event))
+        except Exception as exc:
+            await queue.put(("error", exc))
+        else:
+            await queue.put(("end", None))
+
+    task = asyncio.create_task(pump(), name="glimp-router-run")
+    try:
+        while True:
+            try:
+                kind, item = await asyncio.wait_for(queue.get(), settings.keepalive_seconds)
+            except TimeoutError:
+                yield None
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _error_event(err: RequestError) -> str:
+    return f"data: {json.dumps({'error': {'message': err.message, 'type': err.kind, 'code': err.status}})}\n\n"
+
+
+async def _sse(settings: ServerSettings, run: RunRequest, completion: _Completion) -> AsyncIterator[str]:
+    """The run as Server-Sent Events, keep-alive comments in between.
+
+    In order: the role, a reasoning delta per step, the answer's deltas, the tool calls (one chunk each), the
+    finish chunk with the routing record, the usage (when asked), ``[DONE]``.
+    """
     yield completion.delta({"role": "assistant", "content": ""})
     steps: list[dict[str, Any]] = []
     sent = ""
+    answer = _AnswerText()
     try:
-        async for event in graph.astream(inputs, stream_mode="custom"):
-            if event.get("type") == "step":
+        async for event in _events(settings, run):
+            if event is None:
+                yield KEEPALIVE
+            elif event.get("type") == "step":
                 steps.append({k: v for k, v in event.items() if k not in ("type", "delimiter")})
                 reasoning = reasoning_text((s["text"] for s in steps), event["delimiter"])
                 yield completion.delta({"reasoning_content": reasoning[len(sent) :]})
                 sent = reasoning
+            elif event.get("type") == "answer":
+                piece = answer.push(str(event.get("delta") or ""))
+                if piece:
+                    yield completion.delta({"content": piece})
             elif event.get("type") == "final":
-                stats = event["stats"]
-                yield completion.delta({"content": event["answer"]})
-                yield completion.delta({}, "stop", glimp={"steps": _json_safe(steps), "stats": _json_safe(stats)})
-                if include_usage:
-                    yield completion.event(choices=[], usage=_usage(stats))
+                rest = answer.rest(event["answer"])
+                if rest:
+                    yield completion.delta({"content": rest})
+                invalid = list(event.get("invalid_tool_calls") or [])
+                calls = _openai_tool_calls(event.get("tool_calls") or [], invalid)
+                for index, call in enumerate(calls):
+                    yield completion.delta({"tool_calls": [{"index": index, **call}]})
+                record = _record(steps, event["stats"], invalid)
+                yield completion.delta({}, "tool_calls" if calls else "stop", glimp=record)
+                if run.include_usage:
+                    yield completion.event(choices=[], usage=_usage(event["stats"]))
     except GlimpError as exc:
-        err = _graph_error(exc)
-        yield f"data: {json.dumps({'error': {'message': err.message, 'type': err.kind, 'code': err.status}})}\n\n"
+        yield _error_event(_graph_error(exc, run))
+    except Exception:
+        logger.exception("the router's run failed")
+        yield _error_event(RequestError(500, "the router's run failed (see the server's log)", kind="server_error"))
     yield "data: [DONE]\n\n"

@@ -1,8 +1,10 @@
-"""``glimp serve-router`` for real: uvicorn in a subprocess on 127.0.0.1 over the SmolLM2 servers, called with the
-``openai`` client and LangChain's ``ChatOpenAI``, non-streaming and streaming."""
+"""``glimp serve-router`` for real: uvicorn in a subprocess on 127.0.0.1 over the local Qwen pair (llama.cpp),
+called with the ``openai`` client, LangChain's ``ChatOpenAI`` and plain HTTP: the answer streamed in pieces, the
+threshold chosen by the model name, a forced tool call and the turn that reads its result, health."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import openai
 import pytest
+from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 
 from tests.integration.sockets import listeners, listeners_of, owners, stop_process
@@ -23,6 +26,20 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "router-token-for-the-test"
+MODEL = "glimp-router"
+QUESTION = [{"role": "user", "content": "What is 17 * 3?"}]
+CALC = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluate an arithmetic expression and return the number.",
+        "parameters": {
+            "type": "object",
+            "properties": {"expression": {"type": "string", "description": "e.g. 17 * 3"}},
+            "required": ["expression"],
+        },
+    },
+}
 
 
 def _free_port() -> int:
@@ -32,65 +49,53 @@ def _free_port() -> int:
 
 
 class Router(NamedTuple):
-    """The running ``glimp serve-router``: its base URL and process id."""
+    """The running ``glimp serve-router``: its base URL, root URL and process id."""
 
     url: str
+    root: str
     pid: int
 
 
 @pytest.fixture(scope="module")
-def router(smol_pair, tmp_path_factory):
-    small, large = smol_pair
+def router(qwen_pair, tmp_path_factory):
+    small, large = qwen_pair
     port = _free_port()
     log_path = tmp_path_factory.mktemp("router") / "serve-router.log"
     command = [
         sys.executable,
         "-c",
         "from glimp_graph.cli.serve_router import serve_router; serve_router()",
-        "--small-url",
-        small.base_url,
-        "--large-url",
-        large.base_url,
-        "--small-model",
-        small.model,
-        "--large-model",
-        large.model,
-        "--port",
-        str(port),
-        "--max-step-tokens",
-        "32",
-        "--max-thinking-tokens",
-        "96",
-        "--max-steps",
-        "3",
-        "--final-max-tokens",
-        "16",
-        "--max-tokens-limit",
-        "64",
+        *("--small-url", small.base_url, "--large-url", large.base_url),
+        *("--small-model", small.model, "--large-model", large.model),
+        *("--port", str(port), "--model-name", MODEL),
+        *("--max-step-tokens", "32", "--max-thinking-tokens", "96", "--max-steps", "3"),
+        *("--final-max-tokens", "24", "--max-tokens-limit", "96"),
+        # short, so every stream below (the openai client's and LangChain's too) carries keep-alive comments
+        *("--keep-alive", "0.2"),
     ]
     env = {**os.environ, "GLIMP_ROUTER_TOKEN": TOKEN}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}/v1"
+    root = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             assert proc.poll() is None, log_path.read_text()[-3000:]
             try:
-                if httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=2).is_success:
+                if httpx.get(f"{root}/health", timeout=2).is_success:
                     break
             except httpx.HTTPError:
                 pass
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.3)
-        yield Router(url, proc.pid)
+        yield Router(f"{root}/v1", root, proc.pid)
     finally:
         stop_process(proc)
 
 
-@pytest.fixture
-def router_url(router):
-    return router.url
+@pytest.fixture(scope="module")
+def client(router) -> openai.OpenAI:
+    return openai.OpenAI(base_url=router.url, api_key=TOKEN, max_retries=0, timeout=300)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -103,22 +108,44 @@ def test_router_listens_on_loopback_only(router):
     assert {listener.address for listener in listeners_of(router.pid)} == {"127.0.0.1"}, listeners_of(router.pid)
 
 
-def test_openai_client_non_streaming_and_streaming(router_url):
-    client = openai.OpenAI(base_url=router_url, api_key=TOKEN, max_retries=0, timeout=120)
-    assert [m.id for m in client.models.list().data] == ["glimp-router"]
-    messages = [{"role": "user", "content": "What is 17 * 3?"}]
-    done = client.chat.completions.create(model="glimp-router", messages=messages, max_tokens=12)
+def test_health_open_and_deep_behind_the_token(router):
+    r = httpx.get(f"{router.root}/health", timeout=10)
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert httpx.get(f"{router.root}/health?deep=1", timeout=10).status_code == 401
+    deep = httpx.get(f"{router.root}/health?deep=1", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert deep.status_code == 200 and deep.json() == {"status": "ok", "endpoints": {"small": "ok", "large": "ok"}}
+
+
+def test_openai_client_plain_answer_usage_and_refusals(client, router):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    done = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12)
     answer = done.choices[0].message
-    assert answer.role == "assistant" and answer.content
+    assert answer.role == "assistant" and answer.content and done.choices[0].finish_reason == "stop"
     extra = done.model_extra or {}
     steps = extra["glimp"]["steps"]
     assert steps and [s["index"] for s in steps] == list(range(len(steps)))
     assert answer.model_extra["reasoning_content"] == "\n\n".join(s["text"] for s in steps)
     assert extra["glimp"]["stats"]["final_tokens"] <= 12
+    # real prompt tokens: every call of both models read at least the question
+    assert done.usage.prompt_tokens > done.usage.completion_tokens > 0
+    assert done.usage.total_tokens == done.usage.prompt_tokens + done.usage.completion_tokens
 
-    stream = client.chat.completions.create(model="glimp-router", messages=messages, stream=True)
-    reasoning, content, finish = [], [], None
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=router.url, api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(openai.BadRequestError, match="1000"):
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1000)
+    with pytest.raises(openai.BadRequestError, match="glimp-router@high"):
+        client.chat.completions.create(model=f"{MODEL}@high", messages=QUESTION)
+
+
+def test_streamed_answer_arrives_in_pieces_after_the_steps(client):
+    sentence = [{"role": "user", "content": "What is 17 * 3? Answer with one full sentence."}]
+    stream = client.chat.completions.create(
+        model=MODEL, messages=sentence, stream=True, stream_options={"include_usage": True}
+    )
+    reasoning, content, finish, usage = [], [], None, None
     for chunk in stream:
+        usage = chunk.usage or usage
         if not chunk.choices:
             continue
         delta = chunk.choices[0].delta
@@ -128,17 +155,76 @@ def test_openai_client_non_streaming_and_streaming(router_url):
         if delta.content:
             content.append(delta.content)
         finish = chunk.choices[0].finish_reason or finish
-    assert reasoning and "".join(content) and finish == "stop"
-
-    with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=router_url, api_key="wrong", max_retries=0).models.list()
-    with pytest.raises(openai.BadRequestError, match="1000"):
-        client.chat.completions.create(model="glimp-router", messages=messages, max_tokens=1000)
+    assert reasoning and finish == "stop"
+    assert len(content) > 1, f"the answer came in one piece: {content}"
+    assert usage is not None and usage.prompt_tokens > 0
 
 
-def test_langchain_chat_openai(router_url):
-    llm = ChatOpenAI(base_url=router_url, api_key=TOKEN, model="glimp-router", max_retries=0, timeout=120)
+def test_keep_alive_comments_in_the_raw_stream(router):
+    body = {"model": MODEL, "messages": QUESTION, "stream": True, "max_tokens": 8}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.stream("POST", f"{router.url}/chat/completions", json=body, headers=headers, timeout=300) as r:
+        frames = r.read().decode().split("\n\n")
+    assert frames[-1] == "" and frames[-2] == "data: [DONE]"
+    comments = [f for f in frames if f.startswith(":")]
+    assert comments and set(comments) == {": keep-alive"}, frames
+    assert all(f.startswith(("data: ", ":")) for f in frames[:-1])
+
+
+def test_the_model_name_chooses_the_threshold(client):
+    routes = {}
+    for model in (f"{MODEL}@1e9", f"{MODEL}@-1e9"):
+        done = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=8)
+        assert done.model == model
+        steps = done.model_extra["glimp"]["steps"]
+        assert steps and all(s["tau"] == float(model.split("@")[1]) for s in steps)
+        routes[model] = {s["model"] for s in steps}
+    assert routes == {f"{MODEL}@1e9": {"small"}, f"{MODEL}@-1e9": {"large"}}
+
+
+def test_forced_tool_call_then_the_turn_with_its_result(client):
+    choice = {"type": "function", "function": {"name": "calculator"}}
+    done = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, tools=[CALC], tool_choice=choice, max_tokens=64
+    )
+    assert done.choices[0].finish_reason == "tool_calls", done
+    (call,) = done.choices[0].message.tool_calls
+    assert call.type == "function" and call.function.name == "calculator" and call.id
+    arguments = json.loads(call.function.arguments)
+    assert isinstance(arguments.get("expression"), str) and arguments["expression"]
+
+    # streamed: the call comes as delta.tool_calls, no call text as content
+    stream = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, tools=[CALC], tool_choice=choice, max_tokens=64, stream=True
+    )
+    calls, content, finish = [], [], None
+    for chunk in stream:
+        if chunk.choices:
+            calls += chunk.choices[0].delta.tool_calls or []
+            content += [chunk.choices[0].delta.content or ""]
+            finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and [c.index for c in calls] == [0] and calls[0].function.name == "calculator"
+    assert json.loads(calls[0].function.arguments)["expression"] and not "".join(content)
+
+    # the agent's next turn: the call and its result in the messages, the model answers in text
+    turn = [
+        *QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump(exclude_none=True)]},
+        {"role": "tool", "tool_call_id": call.id, "content": "51"},
+    ]
+    answer = client.chat.completions.create(model=MODEL, messages=turn, tools=[CALC], tool_choice="none")
+    assert answer.choices[0].finish_reason == "stop" and answer.choices[0].message.content
+
+
+def test_langchain_chat_openai(router):
+    llm = ChatOpenAI(base_url=router.url, api_key=TOKEN, model=MODEL, max_retries=0, timeout=300)
     message = llm.invoke("What is 2 + 2?")
     assert isinstance(message.content, str) and message.content
     chunks = list(llm.stream("What is 3 + 4?"))
     assert "".join(str(c.content) for c in chunks)
+    forced = llm.bind_tools([CALC], tool_choice="calculator").invoke([HumanMessage("What is 6 * 7?")])
+    assert forced.tool_calls and forced.tool_calls[0]["name"] == "calculator"
+    follow = llm.bind_tools([CALC], tool_choice="none").invoke(
+        [HumanMessage("What is 6 * 7?"), forced, ToolMessage("42", tool_call_id=forced.tool_calls[0]["id"])]
+    )
+    assert isinstance(follow.content, str) and follow.content and not follow.tool_calls

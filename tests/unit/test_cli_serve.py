@@ -84,3 +84,45 @@ def test_serve_reports_a_plain_exit_code(tmp_path, monkeypatch):
     assert "large model's server (qwen2.5-coder-1.5b) exited with code 3" in result.output
     assert "invalid argument: --bogus" in result.output
     assert seen[0].exited and not seen[0].small.running
+
+
+# --------------------------------------------------------------------------- glimp serve-router
+
+
+def test_serve_router_serves_one_graph_with_the_options(monkeypatch, fake_small, fake_large, scripted):
+    """``glimp serve-router`` builds one graph and hands create_app its options (uvicorn stands in)."""
+    import uvicorn
+    from starlette.testclient import TestClient
+
+    from tests.unit.conftest import ScriptStep
+
+    scripted([ScriptStep(0.2, "Add 3 and 4."), ScriptStep(2.0, "So the answer is \\boxed{7}.")], answer="7")
+    served: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append({"app": app, **kwargs}))
+    args = [
+        "serve-router",
+        *("--small-url", fake_small.url + "/v1", "--large-url", fake_large.url + "/v1"),
+        *("--model-name", "glimp", "--tau", "1.0", "--keep-alive", "2.5", "--port", "8123"),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "GlimpRouter on http://127.0.0.1:8123/v1 (model 'glimp')" in result.output
+    (run,) = served
+    assert run["host"] == "127.0.0.1" and run["port"] == 8123
+    settings = run["app"].state.glimp
+    assert settings.keepalive_seconds == 2.5 and set(settings.endpoints) == {"small", "large"}
+    question = {"messages": [{"role": "user", "content": "3 + 4?"}]}
+    with TestClient(run["app"]) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/health?deep=1").json()["endpoints"] == {"small": "ok", "large": "ok"}
+        routes = {}
+        for model in ("glimp", "glimp@1e9", "glimp@-1e9"):
+            r = client.post("/v1/chat/completions", json={**question, "model": model})
+            assert r.status_code == 200, r.text
+            routes[model] = [s["model"] for s in r.json()["glimp"]["steps"]]
+    assert routes == {"glimp": ["small", "large"], "glimp@1e9": ["small", "small"], "glimp@-1e9": ["large", "large"]}
+
+
+def test_serve_router_keep_alive_must_be_positive():
+    result = CliRunner().invoke(main, ["serve-router", "--keep-alive", "0"])
+    assert result.exit_code == 2 and "--keep-alive" in result.output and "Traceback" not in result.output
