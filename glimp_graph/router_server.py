@@ -12,14 +12,23 @@ One compiled graph serves every request: what a request sets (``max_tokens``, th
 threshold can be chosen by the model name: ``"<served name>@<tau>"`` (``glimp-router@0.8``), as RouteLLM's
 ``router-mf-0.116``.
 
-Run it with ``glimp serve-router`` (uvicorn, 127.0.0.1 by default), or mount :func:`create_app` in your own ASGI
-server. Needs ``starlette`` (and ``uvicorn`` to serve): ``pip install "glimp-graph[server]"``.
+Operations: ``GET /metrics`` serves Prometheus metrics (:mod:`glimp_graph.metrics`: requests, errors by kind,
+steps by model, H_init, probe time, latency); it needs the metrics token (else the API token) when one is set, and
+without any token it answers only on a loopback address. Each chat completion writes one line to the logger
+``glimp_graph.access`` (request id, thread id from the ``X-Glimp-Thread-Id`` header, model, tau, steps, tokens,
+latency, status, error kind; never a token or an API key). Every chat completion response carries its id in
+``X-Request-Id``.
+
+Run it with ``glimp serve-router`` (uvicorn, 127.0.0.1 by default; ``--workers N`` for several processes), or
+mount :func:`create_app` in your own ASGI server. Needs ``starlette`` and ``prometheus-client`` (and ``uvicorn`` to
+serve): ``pip install "glimp-graph[server]"``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -27,7 +36,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +52,8 @@ from starlette.routing import Route
 from glimp_graph.config import check_tau
 from glimp_graph.endpoints import Endpoint
 from glimp_graph.errors import EndpointError, GlimpError, InputError
+from glimp_graph.metrics import GlimpMetrics, RunObserver, redact
+from glimp_graph.serving.process import is_loopback
 from glimp_graph.state import reasoning_text
 from glimp_graph.tool_calls import check_tools
 
@@ -51,6 +62,10 @@ logger = logging.getLogger("glimp_graph.router_server")
 KEEPALIVE = ": keep-alive\n\n"
 """The SSE comment sent while no event came for ``keepalive_seconds`` (clients ignore comment lines)."""
 
+THREAD_HEADER = "X-Glimp-Thread-Id"
+"""The request header that names the conversation a chat completion belongs to (logged as ``thread_id``)."""
+
+_THREAD_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _TAU_SUFFIX = re.compile(r"[+-]?(?:inf|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)")
 
 
@@ -330,6 +345,10 @@ class ServerSettings:
         max_tokens_limit: A larger ``max_tokens`` / ``max_completion_tokens`` is refused with 400.
         keepalive_seconds: A stream sends an SSE comment after this long without an event.
         endpoints: The model endpoints by role, checked by ``GET /health?deep=1`` (empty: nothing to check).
+        metrics: The Prometheus metrics the app counts and ``GET /metrics`` serves.
+        metrics_authorization: The ``Authorization`` header ``GET /metrics`` needs (the metrics token, else the
+            API token; ``None``: no token, then only a connection on a loopback address is served).
+        secrets: The tokens and API keys, never written to a log line or an error message.
 
     """
 
@@ -340,14 +359,68 @@ class ServerSettings:
     max_tokens_limit: int = 4096
     keepalive_seconds: float = 10.0
     endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
+    metrics: GlimpMetrics = field(default_factory=GlimpMetrics)
+    metrics_authorization: bytes | None = None
+    secrets: tuple[str, ...] = ()
 
     def authorize(self, request: Request) -> None:
         """Refuse (401) a request without the bearer token, compared in constant time."""
-        if self.authorization is None:
+        _check_bearer(request, self.authorization)
+
+    def authorize_metrics(self, request: Request) -> None:
+        """Refuse ``GET /metrics`` without its token (401), or without any token set off loopback (403).
+
+        Without a token the metrics are served only on a connection whose local address is a loopback one (the
+        server's socket, not a header a client could set): a server that listens on 127.0.0.1, or a local
+        client of one that listens on every address.
+        """
+        if self.metrics_authorization is not None:
+            _check_bearer(request, self.metrics_authorization)
             return
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, self.authorization):
-            raise RequestError(401, "missing or wrong bearer token (Authorization: Bearer <token>)", kind="auth_error")
+        server = request.scope.get("server")
+        if not server or not is_loopback(str(server[0])):
+            message = (
+                "GET /metrics without a token is served only on a loopback address: set a metrics token "
+                "(glimp serve-router --metrics-token, create_app(metrics_token=...)) or an API token"
+            )
+            raise RequestError(403, message, kind="auth_error")
+
+    def redact(self, text: str) -> str:
+        """``text`` without any of :attr:`secrets`."""
+        return redact(text, self.secrets)
+
+
+def _check_bearer(request: Request, authorization: bytes | None) -> None:
+    if authorization is None:
+        return
+    given = request.headers.get("authorization", "").encode()
+    if not hmac.compare_digest(given, authorization):
+        raise RequestError(401, "missing or wrong bearer token (Authorization: Bearer <token>)", kind="auth_error")
+
+
+def _secret(value: SecretStr | str | None) -> str | None:
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return text or None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _counted(path: str, handler: Handler) -> Handler:
+    """``handler`` that counts each request under ``path`` with the status it answered (500 when it raised)."""
+
+    @functools.wraps(handler)
+    async def counted(request: Request) -> Response:
+        metrics: GlimpMetrics = request.app.state.glimp.metrics
+        try:
+            response = await handler(request)
+        except BaseException:
+            metrics.request(path, 500)
+            raise
+        metrics.request(path, response.status_code)
+        return response
+
+    return counted
 
 
 def create_app(
@@ -359,6 +432,9 @@ def create_app(
     max_tokens_limit: int = 4096,
     keepalive_seconds: float = 10.0,
     endpoints: Mapping[str, Endpoint] | None = None,
+    metrics: GlimpMetrics | None = None,
+    metrics_token: SecretStr | str | None = None,
+    metrics_path: str = "/metrics",
 ) -> Starlette:
     """Build the ASGI app that serves a GlimpRouter graph behind the OpenAI chat completions API.
 
@@ -373,20 +449,26 @@ def create_app(
         max_tokens_limit: A larger ``max_tokens`` / ``max_completion_tokens`` is refused with 400.
         keepalive_seconds: While a stream waits longer than this for the next event, it sends ``: keep-alive``.
         endpoints: The model endpoints by role (``{"small": ..., "large": ...}``) for ``GET /health?deep=1``.
+        metrics: Where the app counts (default: new :class:`~glimp_graph.metrics.GlimpMetrics` of its own; pass
+            one with ``multiprocess_dir`` under several worker processes).
+        metrics_token: The bearer token of ``GET /metrics`` (default: ``api_token``). With neither, the metrics
+            are served only on a loopback address (403 elsewhere).
+        metrics_path: Where the metrics are served (LangGraph's server keeps ``/metrics`` for its own: mount
+            this app there with another path).
 
     Returns:
         A Starlette app.
 
     Raises:
         TypeError: ``graph`` is not a compiled graph (a factory of graphs is no longer taken).
-        ValueError: ``keepalive_seconds`` is not positive.
+        ValueError: ``keepalive_seconds`` is not positive, or ``metrics_path`` does not start with ``/``.
 
     Request fields used: ``messages`` (required; the last user message is the question, earlier ones are
     history; assistant ``tool_calls`` and ``tool`` messages of an agent loop are read), ``stream``,
     ``stream_options.include_usage``, ``max_tokens`` / ``max_completion_tokens`` (caps the final answer),
     ``model`` (``name@tau``), ``tools`` / ``tool_choice`` (offered to the large model's final answer), and the
     extension ``glimp_tau``. Other sampling fields are accepted and ignored: the endpoints' settings apply.
-    ``n`` > 1 is refused.
+    ``n`` > 1 is refused. The header ``X-Glimp-Thread-Id`` names the conversation in the run's log line.
 
     """
     if not hasattr(graph, "astream") or not hasattr(graph, "ainvoke"):
@@ -396,14 +478,22 @@ def create_app(
         )
     if not keepalive_seconds > 0:
         raise ValueError(f"keepalive_seconds must be > 0, got {keepalive_seconds!r}")
-    token = api_token.get_secret_value() if isinstance(api_token, SecretStr) else api_token
+    if not metrics_path.startswith("/"):
+        raise ValueError(f"metrics_path must start with '/', got {metrics_path!r}")
+    token, scrape_token = _secret(api_token), _secret(metrics_token)
+    keys = [e.api_key.get_secret_value() for e in (endpoints or {}).values()]
+    # redacted wherever a message is logged or returned (a key of under 4 characters would mangle every message)
+    secrets = tuple(dict.fromkeys(s for s in (token, scrape_token, *keys) if s and len(s) >= 4 and s != "EMPTY"))
+    routes = {
+        "/v1/chat/completions": (chat_completions, "POST"),
+        "/v1/models": (models, "GET"),
+        "/health": (health, "GET"),
+        metrics_path: (metrics_endpoint, "GET"),
+    }
     app = Starlette(
-        routes=[
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-        ]
+        routes=[Route(path, _counted(path, handler), methods=[method]) for path, (handler, method) in routes.items()]
     )
+    metrics_secret = scrape_token or token
     app.state.glimp = ServerSettings(
         graph=graph,
         model_name=model_name,
@@ -412,8 +502,22 @@ def create_app(
         max_tokens_limit=max_tokens_limit,
         keepalive_seconds=float(keepalive_seconds),
         endpoints=dict(endpoints or {}),
+        metrics=metrics if metrics is not None else GlimpMetrics(),
+        metrics_authorization=f"Bearer {metrics_secret}".encode() if metrics_secret else None,
+        secrets=secrets,
     )
     return app
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """``GET /metrics``: the Prometheus metrics (text format), behind the metrics token (see ``create_app``)."""
+    settings: ServerSettings = request.app.state.glimp
+    try:
+        settings.authorize_metrics(request)
+    except RequestError as exc:
+        return exc.response()
+    body, content_type = await asyncio.to_thread(settings.metrics.render)
+    return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
 
 async def models(request: Request) -> Response:
@@ -465,23 +569,65 @@ async def _ping(endpoint: Endpoint) -> str:
 
 
 async def chat_completions(request: Request) -> Response:
-    """``POST /v1/chat/completions``: one run of the graph, as one JSON body or as Server-Sent Events."""
+    """``POST /v1/chat/completions``: one run of the graph, as one JSON body or as Server-Sent Events.
+
+    Every answer (a refusal too) carries the request's id in ``X-Request-Id`` (the completion's ``id``); the run
+    is counted and logged once, by a :class:`~glimp_graph.metrics.RunObserver`.
+    """
     settings: ServerSettings = request.app.state.glimp
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    observer = RunObserver(settings.metrics, request_id=request_id, secrets=settings.secrets)
+    headers = {"X-Request-Id": request_id}
     try:
         settings.authorize(request)
+        observer.thread_id = _thread_id(request)
         body = await _read_body(request, settings.max_body_bytes)
         run = RunRequest.read(body, settings)
     except RequestError as exc:
-        return exc.response()
-    completion = _Completion(run.model)
+        observer.fail(None, exc.status, kind="auth" if exc.status == 401 else "input", message=exc.message)
+        observer.finish()
+        response = exc.response()
+        response.headers.update(headers)
+        return response
+    observer.begin(model=run.model, stream=run.stream, tau=run.context.get("tau"))
+    completion = _Completion(run.model, id=request_id)
     if run.stream:
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        events = _sse(settings, run, completion)
+        headers |= {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        events = _sse(settings, run, completion, observer)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
     try:
-        result = await settings.graph.ainvoke(run.inputs, context=run.context)
-    except GlimpError as exc:
-        return _graph_error(exc, run).response()
+        try:
+            result = await settings.graph.ainvoke(run.inputs, context=run.context)
+        except GlimpError as exc:
+            error = _graph_error(exc, run, settings)
+            observer.fail(exc, error.status, message=error.message)
+            response = error.response()
+        else:
+            observer.output(result)
+            response = _answer(result, completion)
+    except Exception as exc:
+        logger.exception("the router's run failed")
+        observer.fail(exc, 500)
+        response = RequestError(500, "the router's run failed (see the server's log)", kind="server_error").response()
+    finally:
+        observer.finish()
+    response.headers.update(headers)
+    return response
+
+
+def _thread_id(request: Request) -> str | None:
+    """The request's ``X-Glimp-Thread-Id`` (``None`` when absent), checked so that a log line stays one line."""
+    value = request.headers.get(THREAD_HEADER)
+    if value is None:
+        return None
+    if not _THREAD_ID.fullmatch(value):
+        message = f"{THREAD_HEADER} must be 1-128 letters, digits or ._:@/+=- characters, got {value[:40]!r}"
+        raise RequestError(400, message, param=THREAD_HEADER)
+    return value
+
+
+def _answer(result: Mapping[str, Any], completion: _Completion) -> JSONResponse:
+    """The graph's output as one ``chat.completion`` body."""
     steps, stats = result["glimp_steps"], result["glimp_stats"].model_dump()
     # the graph's own reasoning text (joined with its delimiter), on the answer it appends to the messages
     reasoning = result["messages"][-1].additional_kwargs.get("reasoning_content", "")
@@ -547,16 +693,17 @@ class _Completion:
         return self.event(choices=[choice], **extra)
 
 
-def _graph_error(exc: GlimpError, run: RunRequest) -> RequestError:
+def _graph_error(exc: GlimpError, run: RunRequest, settings: ServerSettings) -> RequestError:
+    """The graph's error as the client sees it (no token or API key in the message, should a server echo one)."""
     if isinstance(exc, InputError):
-        return RequestError(400, str(exc))
+        return RequestError(400, settings.redact(str(exc)))
     if isinstance(exc, EndpointError):
         message = f"a model endpoint failed: {exc}"
         if run.context.get("tools") and exc.role == "large":
             names = [t["function"]["name"] for t in run.context["tools"]]
             message += f" (the request offered the tools {names}: the large model's server may reject their schema)"
-        return RequestError(502, message, kind="upstream_error")
-    return RequestError(500, str(exc), kind="server_error")
+        return RequestError(502, settings.redact(message), kind="upstream_error")
+    return RequestError(500, settings.redact(str(exc)), kind="server_error")
 
 
 def _usage(stats: Mapping[str, Any]) -> dict[str, int]:
@@ -680,18 +827,33 @@ def _error_event(err: RequestError) -> str:
     return f"data: {json.dumps({'error': {'message': err.message, 'type': err.kind, 'code': err.status}})}\n\n"
 
 
-async def _sse(settings: ServerSettings, run: RunRequest, completion: _Completion) -> AsyncIterator[str]:
+async def _sse(
+    settings: ServerSettings, run: RunRequest, completion: _Completion, observer: RunObserver
+) -> AsyncIterator[str]:
     """The run as Server-Sent Events, keep-alive comments in between.
 
     In order: the role, a reasoning delta per step, the answer's deltas, the tool calls (one chunk each), the
-    finish chunk with the routing record, the usage (when asked), ``[DONE]``.
+    finish chunk with the routing record, the usage (when asked), ``[DONE]``. The observer sees every event of
+    the graph and is finished when the stream ends (a client that went away: when the generator is closed).
     """
-    yield completion.delta({"role": "assistant", "content": ""})
+    try:
+        yield completion.delta({"role": "assistant", "content": ""})
+        async for chunk in _sse_chunks(settings, run, completion, observer):
+            yield chunk
+    finally:
+        observer.finish()
+
+
+async def _sse_chunks(
+    settings: ServerSettings, run: RunRequest, completion: _Completion, observer: RunObserver
+) -> AsyncIterator[str]:
     steps: list[dict[str, Any]] = []
     sent = ""
     answer = _AnswerText()
     try:
         async for event in _events(settings, run):
+            if event is not None:
+                observer.event(event)
             if event is None:
                 yield KEEPALIVE
             elif event.get("type") == "step":
@@ -716,8 +878,11 @@ async def _sse(settings: ServerSettings, run: RunRequest, completion: _Completio
                 if run.include_usage:
                     yield completion.event(choices=[], usage=_usage(event["stats"]))
     except GlimpError as exc:
-        yield _error_event(_graph_error(exc, run))
-    except Exception:
+        error = _graph_error(exc, run, settings)
+        observer.fail(exc, error.status, message=error.message)
+        yield _error_event(error)
+    except Exception as exc:
         logger.exception("the router's run failed")
+        observer.fail(exc, 500)
         yield _error_event(RequestError(500, "the router's run failed (see the server's log)", kind="server_error"))
     yield "data: [DONE]\n\n"

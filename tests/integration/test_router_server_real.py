@@ -1,9 +1,11 @@
 """``glimp serve-router`` for real: uvicorn in a subprocess on 127.0.0.1 over the local Qwen pair (llama.cpp),
 called with the ``openai`` client, LangChain's ``ChatOpenAI`` and plain HTTP: the answer streamed in pieces, the
-threshold chosen by the model name, a forced tool call and the turn that reads its result, health."""
+threshold chosen by the model name, a forced tool call and the turn that reads its result, health; Prometheus
+metrics and the run log lines; two uvicorn workers answering concurrent requests with one set of metrics."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import socket
@@ -19,6 +21,7 @@ import openai
 import pytest
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.sockets import listeners, listeners_of, owners, stop_process
 
@@ -49,18 +52,18 @@ def _free_port() -> int:
 
 
 class Router(NamedTuple):
-    """The running ``glimp serve-router``: its base URL, root URL and process id."""
+    """The running ``glimp serve-router``: its base URL, root URL, process id and log file."""
 
     url: str
     root: str
     pid: int
+    log: Path
 
 
-@pytest.fixture(scope="module")
-def router(qwen_pair, tmp_path_factory):
+def _start_router(qwen_pair, log_path: Path, *extra: str):
+    """``glimp serve-router`` over the pair with the test's small budgets; yields a :class:`Router`."""
     small, large = qwen_pair
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("router") / "serve-router.log"
     command = [
         sys.executable,
         "-c",
@@ -72,6 +75,7 @@ def router(qwen_pair, tmp_path_factory):
         *("--final-max-tokens", "24", "--max-tokens-limit", "96"),
         # short, so every stream below (the openai client's and LangChain's too) carries keep-alive comments
         *("--keep-alive", "0.2"),
+        *extra,
     ]
     env = {**os.environ, "GLIMP_ROUTER_TOKEN": TOKEN}
     with log_path.open("wb") as log:
@@ -88,9 +92,14 @@ def router(qwen_pair, tmp_path_factory):
                 pass
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.3)
-        yield Router(f"{root}/v1", root, proc.pid)
+        yield Router(f"{root}/v1", root, proc.pid, log_path)
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def router(qwen_pair, tmp_path_factory):
+    yield from _start_router(qwen_pair, tmp_path_factory.mktemp("router") / "serve-router.log")
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +237,85 @@ def test_langchain_chat_openai(router):
         [HumanMessage("What is 6 * 7?"), forced, ToolMessage("42", tool_call_id=forced.tool_calls[0]["id"])]
     )
     assert isinstance(follow.content, str) and follow.content and not follow.tool_calls
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """One sample's value in Prometheus' text format (0 when the series is absent)."""
+    found = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels == labels
+    ]
+    return found[0] if found else 0.0
+
+
+def test_metrics_and_the_run_log_line_on_the_real_pair(router, client):
+    """The real graph's numbers reach ``/metrics`` (behind the API token) and the text log line (no token)."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.get(f"{router.root}/metrics", timeout=10).status_code == 401
+    before = httpx.get(f"{router.root}/metrics", headers=auth, timeout=10).text
+    done = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=8, extra_headers={"X-Glimp-Thread-Id": "real-thread-1"}
+    )
+    after = httpx.get(f"{router.root}/metrics", headers=auth, timeout=10).text
+    stats = done.model_extra["glimp"]["stats"]
+    assert stats["steps"] > 0
+
+    def moved(name: str, **labels: str) -> float:
+        return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+    assert moved("glimp_http_requests_total", endpoint="/v1/chat/completions", status="200") == 1
+    assert moved("glimp_steps_total", model="small") == stats["small_steps"]
+    assert moved("glimp_steps_total", model="large") == stats["large_steps"]
+    assert moved("glimp_h_init_nats_count") == stats["steps"]
+    assert moved("glimp_probe_seconds_count") == stats["probes"]
+    assert moved("glimp_tokens_total", model="large", kind="completion") == stats["large_tokens"]
+    assert moved("glimp_run_seconds_count", mode="plain", outcome="ok") == 1
+    lines = [line for line in router.log.read_text().splitlines() if done.id in line]
+    assert len(lines) == 1 and " 200 ok " in lines[0] and "thread_id='real-thread-1'" in lines[0], lines
+    assert TOKEN not in router.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def two_workers(qwen_pair, tmp_path_factory):
+    log = tmp_path_factory.mktemp("workers") / "serve-router.log"
+    yield from _start_router(qwen_pair, log, "--workers", "2", "--log-format", "json")
+
+
+def test_two_workers_answer_concurrent_requests_and_metrics_count_them_all(two_workers):
+    """``--workers 2``: concurrent requests are answered by both worker processes (their pids in the JSON run
+    lines), each answer has its one log line, and ``/metrics`` (from whichever worker) counts all of them."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    questions = [f"What is {a} + {a}?" for a in range(2, 40)]
+
+    def ask(question: str) -> tuple[str, str]:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": question}], "max_tokens": 16}
+        r = httpx.post(f"{two_workers.url}/chat/completions", json=body, headers=headers, timeout=600)
+        assert r.status_code == 200, r.text
+        return question, r.json()["id"]
+
+    def runs() -> list[dict]:
+        lines = two_workers.log.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{") and '"event": "run"' in line]
+
+    answered: list[tuple[str, str]] = []
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        while len({line["pid"] for line in runs()}) < 2 and len(answered) < len(questions) - 4:
+            answered += pool.map(ask, questions[len(answered) : len(answered) + 4])
+    lines = {line["request_id"]: line for line in runs()}
+    assert len({line["pid"] for line in lines.values()}) == 2, lines
+    assert two_workers.pid not in {line["pid"] for line in lines.values()}
+    assert {request_id for _, request_id in answered} == set(lines)
+    assert all(line["status"] == 200 and line["steps"] > 0 for line in lines.values())
+    for _ in range(4):  # whichever worker serves /metrics, it reports the sum over both
+        text = httpx.get(f"{two_workers.root}/metrics", headers=headers, timeout=30).text
+        assert _metric(text, "glimp_http_requests_total", endpoint="/v1/chat/completions", status="200") == len(
+            answered
+        )
+        steps = _metric(text, "glimp_steps_total", model="small") + _metric(text, "glimp_steps_total", model="large")
+        assert steps == sum(line["steps"] for line in lines.values())
+    assert TOKEN not in two_workers.log.read_text()

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("nodes",),
     ("graph", "persistence"),
     ("eval",),
-    ("cli", "router_server", "chat_model", "middleware"),  # the faces
+    ("cli", "router_server", "chat_model", "middleware", "metrics"),  # the faces
 ]
 FACES = LAYERS[-1]
 SERVING = "serving"
