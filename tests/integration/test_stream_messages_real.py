@@ -51,5 +51,8 @@ def test_messages_mode_gives_the_same_run_as_invoke(smol_pair, recorder, tau):
     assert stats.final_tokens > 0
     # every model call's whole message reaches the stream, under its node
     on_stream = [(m, meta) for m, meta in messages if meta.get("langgraph_node") in NODES]
-    assert len(on_stream) == len(recorder.calls)
-    assert [meta["langgraph_node"] for _, meta in on_stream] == [call["name"] for call in recorder.calls]
+    # the final answer streams token by token: its chunks add up to the answer
+    others = [meta["langgraph_node"] for _, meta in on_stream if meta["langgraph_node"] != "final_answer"]
+    final = [m.content for m, meta in on_stream if meta["langgraph_node"] == "final_answer"]
+    assert [*others, "final_answer"] == [call["name"] for call in recorder.calls]
+    assert "".join(final).strip() == out["glimp_answer"]
