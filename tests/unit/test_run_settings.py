@@ -100,7 +100,7 @@ def test_a_bad_run_setting_is_named_before_any_call(
 ) -> None:
     scripted(THREE)
     graph = build(fake_small, fake_large)
-    with pytest.raises(InputError, match="run setting|per run") as info:
+    with pytest.raises(InputError, match=r"run setting|per run") as info:
         graph.invoke({"question": QUESTION}, context=context)
     assert named in str(info.value)
     assert fake_small.requests == [] and fake_large.requests == []
@@ -180,5 +180,5 @@ def test_a_host_graph_context_is_not_taken_for_settings(
 
 
 def test_a_misspelt_setting_is_not_taken_for_a_host_context(fake_small: FakeServer, fake_large: FakeServer) -> None:
-    with pytest.raises(InputError, match="'tua'.*did you mean 'tau'"):
+    with pytest.raises(InputError, match=r"'tua'.*did you mean 'tau'"):
         build(fake_small, fake_large).invoke({"question": QUESTION}, context={"tua": 0.5})
