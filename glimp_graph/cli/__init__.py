@@ -13,6 +13,8 @@ from glimp_graph.cli.ask import ask
 from glimp_graph.cli.eval import calibrate, eval_
 from glimp_graph.cli.fetch import fetch
 from glimp_graph.cli.options import GlimpGroup
+from glimp_graph.cli.profile import profile
+from glimp_graph.cli.project import project
 from glimp_graph.cli.serve import serve
 from glimp_graph.cli.serve_router import serve_router
 
@@ -25,5 +27,5 @@ def main() -> None:
     """GlimpRouter: a small model glimps one token per reasoning step; its entropy routes the step."""
 
 
-for _command in (ask, eval_, calibrate, serve, fetch, serve_router):
+for _command in (ask, eval_, calibrate, serve, fetch, serve_router, profile, project):
     main.add_command(_command)
