@@ -181,20 +181,23 @@ def _translated(masked: str, secrets: tuple[str, ...]) -> Iterator[None]:
         raise _store_error(masked, exc, secrets) from None
 
 
+def _pool_options(masked: str, max_size: int, timeout: float) -> dict[str, Any]:
+    """The settings both pools share: one connection kept, opened by the caller, named by the masked URL."""
+    return {
+        "kwargs": _CONNECTION_KWARGS,
+        "min_size": 1,
+        "max_size": max_size,
+        "timeout": timeout,
+        "open": False,
+        "name": f"glimp-checkpoints {masked}",
+    }
+
+
 class _GuardedPool(ConnectionPool):
     """A pool whose connection errors (server down or gone mid-run) are :class:`CheckpointStoreError`."""
 
     def __init__(self, url: str, masked: str, secrets: tuple[str, ...], max_size: int, timeout: float) -> None:
-        super().__init__(
-            url,
-            kwargs=_CONNECTION_KWARGS,
-            min_size=1,
-            max_size=max_size,
-            timeout=timeout,
-            check=ConnectionPool.check_connection,
-            open=False,
-            name=f"glimp-checkpoints {masked}",
-        )
+        super().__init__(url, check=ConnectionPool.check_connection, **_pool_options(masked, max_size, timeout))
         self._masked, self._secrets = masked, secrets
 
     @contextmanager
@@ -208,16 +211,7 @@ class _GuardedAsyncPool(AsyncConnectionPool):
     """The async pool counterpart of :class:`_GuardedPool`."""
 
     def __init__(self, url: str, masked: str, secrets: tuple[str, ...], max_size: int, timeout: float) -> None:
-        super().__init__(
-            url,
-            kwargs=_CONNECTION_KWARGS,
-            min_size=1,
-            max_size=max_size,
-            timeout=timeout,
-            check=AsyncConnectionPool.check_connection,
-            open=False,
-            name=f"glimp-checkpoints {masked}",
-        )
+        super().__init__(url, check=AsyncConnectionPool.check_connection, **_pool_options(masked, max_size, timeout))
         self._masked, self._secrets = masked, secrets
 
     @asynccontextmanager
