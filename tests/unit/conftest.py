@@ -1,6 +1,8 @@
 """Shared fixtures of the unit tests: a fake OpenAI-compatible server, and a scripted model that runs on it.
 
-The fake server is the stdlib ``ThreadingHTTPServer`` on 127.0.0.1 (port 0) in a thread. It answers
+The fake server is the stdlib ``ThreadingHTTPServer`` on 127.0.0.1 (port 0) in a thread, speaking HTTP/1.1 with
+keep-alive as the real servers do (a client reuses its connection: no connect and no new server thread per
+request), and closing every connection when it is closed (a client then finds it down). It answers
 ``GET /v1/models`` (with a configurable ``owned_by``) and hands every ``POST /v1/chat/completions`` body to a
 handler that the test sets. :class:`ScriptedModel` is a ready-made handler pair for graph tests: it knows the
 reasoning steps, the probe entropies and the final answer of one run, and answers the small and the large server
@@ -14,8 +16,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
+import selectors
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +35,52 @@ Reply = dict[str, Any] | tuple[int, str | bytes]
 Handler = Callable[[dict[str, Any]], Reply]
 
 DELIMITER = "\n\n"
+
+RETRY_DELAY = 0.01
+"""The OpenAI client's first retry backoff in the unit tests, in seconds (its own is 0.5 s, doubling per retry)."""
+
+
+# --------------------------------------------------------------------------- what every unit test shares
+
+
+@pytest.fixture(autouse=True, scope="package")
+def _one_tls_context() -> Iterator[None]:
+    """Every HTTP client of the unit tests shares one default TLS context.
+
+    ``httpx2`` (the OpenAI client's HTTP library) builds a default :class:`ssl.SSLContext` for each client it
+    makes, reading the system's CA bundle (30-40 ms). ``langchain-openai`` keeps one client pair per base URL,
+    but each test's fake servers have new ports, so every graph, chat model and dead URL built new ones: about a
+    third of the suite's time went to reading certificates. The context is built once instead, with the same
+    settings (no test uses TLS: every fake server speaks plain HTTP).
+    """
+    try:
+        import httpcore2
+    except ImportError:  # another HTTP library under the OpenAI client: nothing to share
+        yield
+        return
+    build = httpcore2.default_ssl_context
+    contexts: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
+
+    def shared(*, _trust_env: bool = True) -> ssl.SSLContext:
+        key = (_trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        if key not in contexts:
+            contexts[key] = build(_trust_env=_trust_env)
+        return contexts[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(httpcore2, "default_ssl_context", shared)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _short_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OpenAI client waits :data:`RETRY_DELAY` (doubling) before a retry instead of 0.5 s (doubling).
+
+    Retries are still made, counted and reported as the client makes them (an endpoint's ``max_retries``, 2 by
+    default, so in every CLI test with a dead URL); only the wait between them shrinks. A test about the backoff
+    itself sets its own delay.
+    """
+    monkeypatch.setattr("openai._base_client.INITIAL_RETRY_DELAY", RETRY_DELAY)
 
 
 # --------------------------------------------------------------------------- response building
@@ -215,9 +266,24 @@ class FakeServer:
         self.paths: list[tuple[str, str]] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._wake, self._waker = socket.socketpair()
         fake = self
 
         class _Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: each reply carries its Content-Length
+            disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall between
+
+            def setup(self) -> None:
+                super().setup()
+                with fake._lock:
+                    fake._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with fake._lock:
+                    fake._connections.discard(self.connection)
+                super().finish()
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
@@ -280,13 +346,16 @@ class FakeServer:
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.01},
-            name=f"fake-server-{self.port}",
-            daemon=True,
-        )
+        self._thread = threading.Thread(target=self._serve, name=f"fake-server-{self.port}", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        """Accept connections until :meth:`close` writes to the waker (no polling, so closing takes no time)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._server, selectors.EVENT_READ)
+            selector.register(self._wake, selectors.EVENT_READ)
+            while not any(key.fileobj is self._wake for key, _ in selector.select()):
+                self._server.handle_request()
 
     @property
     def llamacpp(self) -> bool:
@@ -318,10 +387,18 @@ class FakeServer:
             self.errors.clear()
 
     def close(self) -> None:
-        """Stop serving and release the port."""
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop serving, release the port and close every client's connection."""
+        with contextlib.suppress(OSError):  # closed already
+            self._waker.send(b"x")
         self._thread.join(timeout=5)
+        self._server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:  # its handler thread reads the end of the stream and returns
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        self._wake.close()
+        self._waker.close()
 
 
 def endpoint(server: FakeServer, **overrides: Any) -> Endpoint:

@@ -334,7 +334,7 @@ def test_server_info_reads_owned_by_and_llama_cpp_build(tmp_path):
             self.wfile.write(json.dumps(body or {"error": "no route"}).encode())
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/v1"
         info = asyncio.run(server_info(Endpoint(base_url=url, model="m")))

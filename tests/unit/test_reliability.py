@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
-from openai._constants import INITIAL_RETRY_DELAY
 
 from glimp_graph import Endpoint, create_glimp_graph
 from glimp_graph.errors import (
@@ -248,7 +247,9 @@ def test_large_server_down_at_the_check_resumes_from_the_checkpoint(fake_small, 
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_a_503_then_success_is_retried_once_after_the_backoff(fake_small, fake_large, scripted, mode):
+def test_a_503_then_success_is_retried_once_after_the_backoff(fake_small, fake_large, scripted, mode, monkeypatch):
+    backoff = 0.1  # the OpenAI client's first backoff (0.5 s of its own; the unit tests' default is shorter still)
+    monkeypatch.setattr("openai._base_client.INITIAL_RETRY_DELAY", backoff)
     model = scripted(STEPS, answer="51")
     healthy = fake_small.handler
     arrivals: list[float] = []
@@ -268,8 +269,8 @@ def test_a_503_then_success_is_retried_once_after_the_backoff(fake_small, fake_l
     before = len(fake_small.chat_requests())
     _invoke(healthy_run, {"question": QUESTION}, mode)
     assert len(requests) == len(fake_small.chat_requests()) - before + 1  # ... and only that one
-    # the OpenAI client's backoff: INITIAL_RETRY_DELAY (0.5 s) less at most 25% jitter, no Retry-After header
-    assert arrivals[1] - arrivals[0] >= INITIAL_RETRY_DELAY * 0.75
+    # the OpenAI client's backoff: its INITIAL_RETRY_DELAY less at most 25% jitter, no Retry-After header
+    assert arrivals[1] - arrivals[0] >= backoff * 0.75
 
 
 def test_async_runs_in_successive_event_loops(fake_small, fake_large, scripted):

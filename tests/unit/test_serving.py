@@ -339,6 +339,13 @@ def test_build_failure_shows_the_log_tail(tmp_path: Path, monkeypatch: pytest.Mo
 
 # --------------------------------------------------------------------------- processes
 
+
+@pytest.fixture(autouse=True)
+def _quick_readiness_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stand-in servers are ready (or dead) in milliseconds: look every 10 ms, not every 100 ms."""
+    monkeypatch.setattr(process_module.ManagedServer, "poll_seconds", 0.01)
+
+
 FAKE_SERVER = """\
 #!{python}
 import http.server, sys
