@@ -9,14 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-from uuid import UUID
 
 import pytest
-from langchain_core.callbacks import BaseCallbackHandler
 
 from glimp_graph import Endpoint
 from glimp_graph.serving import LocalModels
+from tests.helpers import CallRecorder
 
 pytestmark = pytest.mark.integration
 
@@ -56,27 +54,6 @@ def qwen_pair() -> Iterator[tuple[Endpoint, Endpoint]]:
             Endpoint(base_url=models.small.base_url, model=models.small.alias, seed=7),
             Endpoint(base_url=models.large.base_url, model=models.large.alias, seed=7),
         )
-
-
-class CallRecorder(BaseCallbackHandler):
-    """Records every chat-model call: its run name and the metadata the router attached."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-
-    def on_chat_model_start(
-        self,
-        serialized: dict[str, Any],
-        messages: list[list[Any]],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        name: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.calls.append({"name": name, "tags": tags or [], "metadata": metadata or {}})
 
 
 @pytest.fixture

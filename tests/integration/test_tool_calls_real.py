@@ -23,22 +23,11 @@ from glimp_graph import STEPS, Endpoint
 from glimp_graph.endpoints import Completion, ModelClient, Request
 from glimp_graph.serving.vllm import VllmServer, dequantize_gguf, ensure_vllm_env
 from glimp_graph.tool_calls import check_tools
+from tests.helpers import CALCULATOR
 from tests.integration.conftest import cache_dir
 
 pytestmark = pytest.mark.integration
 
-CALCULATOR = {
-    "type": "function",
-    "function": {
-        "name": "calculator",
-        "description": "Evaluate an arithmetic expression and return the number.",
-        "parameters": {
-            "type": "object",
-            "properties": {"expression": {"type": "string", "description": "e.g. 3*4-5"}},
-            "required": ["expression"],
-        },
-    },
-}
 NAMED = {"type": "function", "function": {"name": "calculator"}}
 PROBLEMS = [
     ("A shop sells 37 boxes with 24 pencils in each box. How many pencils does it sell?", "37 * 24"),

@@ -8,12 +8,10 @@ import json
 import math
 import sys
 from typing import Any
-from uuid import UUID
 
 import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import wrap_model_call
-from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
@@ -21,6 +19,7 @@ from langchain_core.tools import tool
 from glimp_graph.errors import EndpointUnavailableError
 from glimp_graph.middleware import GlimpTurnRouter, chat_openai
 from glimp_graph.scorers import Fixed, SpecReason
+from tests.helpers import CallRecorder
 from tests.unit.conftest import FakeServer, endpoint, is_probe, logprobs_for_entropy, max_tokens_of, unused_port
 
 SYSTEM = "You are a calculator agent. Use the calculator tool for arithmetic."
@@ -85,27 +84,6 @@ def calculator(expression: str) -> str:
     ran.append(expression)
     a, b = expression.split("*")
     return str(int(a) * int(b))
-
-
-class CallRecorder(BaseCallbackHandler):
-    """Every chat-model run: its name, tags and metadata (what LangSmith would show)."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-
-    def on_chat_model_start(
-        self,
-        serialized: dict[str, Any],
-        messages: list[list[Any]],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        name: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.calls.append({"name": name, "tags": tags or [], "metadata": metadata or {}})
 
 
 def make_agent(fake_small: FakeServer, fake_large: FakeServer, **settings: Any) -> tuple[Any, GlimpTurnRouter]:

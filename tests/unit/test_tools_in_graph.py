@@ -10,23 +10,11 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from glimp_graph import InputError
+from tests.helpers import CALCULATOR
 from tests.unit.conftest import FakeServer, ScriptedModel
 from tests.unit.test_graph import QUESTION, THREE, build, kind, no_errors
 
 Scripted = Callable[..., ScriptedModel]
-
-CALCULATOR = {
-    "type": "function",
-    "function": {
-        "name": "calculator",
-        "description": "Evaluate an arithmetic expression.",
-        "parameters": {
-            "type": "object",
-            "properties": {"expression": {"type": "string"}},
-            "required": ["expression"],
-        },
-    },
-}
 
 
 def openai_call(arguments: str, name: str = "calculator", call_id: str = "call_1") -> dict[str, Any]:

@@ -1,0 +1,44 @@
+"""Helpers both test tiers share: a callback that records chat-model runs, and the calculator tool's schema."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+
+CALCULATOR: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluate an arithmetic expression and return the number.",
+        "parameters": {
+            "type": "object",
+            "properties": {"expression": {"type": "string", "description": "e.g. 3*4-5"}},
+            "required": ["expression"],
+        },
+    },
+}
+"""An OpenAI-format tool: one required string argument, as the tool tests and examples use."""
+
+
+class CallRecorder(BaseCallbackHandler):
+    """Every chat-model run: its name, tags and metadata (what LangSmith would show)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[Any]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record the run's name, tags and metadata."""
+        self.calls.append({"name": name, "tags": tags or [], "metadata": metadata or {}})
