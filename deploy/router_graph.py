@@ -2,7 +2,9 @@
 
 ``deploy/langgraph.json`` serves ``graph`` as the assistant ``glimp_router`` (runs, threads, checkpoints in the
 server's Postgres) and mounts ``app`` (``glimp_graph.router_server.create_app``) on the same port, so one server
-offers both LangGraph's API and ``POST /v1/chat/completions`` / ``GET /v1/models``.
+offers both LangGraph's API and ``POST /v1/chat/completions`` / ``GET /v1/models``. The face's Prometheus metrics
+are at ``GET /glimp/metrics`` (``METRICS_PATH``): LangGraph's server keeps ``/metrics`` for its own, and a mounted
+app cannot shadow it.
 
 Variables (the library itself reads none; this module is the deployment's one place that does):
 
@@ -13,7 +15,8 @@ Variables (the library itself reads none; this module is the deployment's one pl
   ``GLIMP_MAX_THINKING_TOKENS``, ``GLIMP_MAX_STEPS``, ``GLIMP_FINAL_MAX_TOKENS``: router settings;
 - ``GLIMP_ROUTER_TOKEN``: the bearer token the OpenAI face requires (unset: no token; set it whenever the port
   is reachable from other machines), ``GLIMP_MODEL_NAME``: the model id it reports (default ``glimp-router``),
-  ``GLIMP_MAX_TOKENS_LIMIT``: the largest ``max_tokens`` a request may ask (default 4096).
+  ``GLIMP_MAX_TOKENS_LIMIT``: the largest ``max_tokens`` a request may ask (default 4096). ``GLIMP_ROUTER_TOKEN``
+  also guards ``/glimp/metrics`` (unset: the metrics answer only on a loopback connection).
 
 No checkpointer is passed: under LangGraph's server the server supplies its own (Postgres in ``compose.yaml``).
 """
@@ -28,6 +31,7 @@ from pydantic import SecretStr
 from glimp_graph import Endpoint, create_glimp_graph
 from glimp_graph.router_server import create_app
 
+METRICS_PATH = "/glimp/metrics"
 _INT_SETTINGS = ("max_step_tokens", "max_thinking_tokens", "max_steps", "final_max_tokens")
 
 
@@ -77,6 +81,7 @@ def make_app(graph: Any, small: Endpoint, large: Endpoint) -> Any:
         api_token=SecretStr(token) if token else None,
         max_tokens_limit=int(_number("GLIMP_MAX_TOKENS_LIMIT", int, "4096") or 4096),
         endpoints={"small": small, "large": large},
+        metrics_path=METRICS_PATH,
     )
 
 

@@ -1,5 +1,6 @@
 """The deploy bundle's ``langgraph.json`` under ``langgraph dev`` (in-memory) on the real llama.cpp pair: one port
-serves LangGraph's API (a thread and a run of the router graph) and the OpenAI face (``/v1/chat/completions``)."""
+serves LangGraph's API (a thread and a run of the router graph) and the OpenAI face (``/v1/chat/completions``,
+its metrics at ``/glimp/metrics``)."""
 
 from __future__ import annotations
 
@@ -108,3 +109,11 @@ def test_one_port_serves_langgraphs_api_and_the_openai_face(served):
     assert completion["object"] == "chat.completion" and completion["choices"][0]["message"]["content"].strip()
     models = httpx.get(f"{served}/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
     assert [m["id"] for m in models["data"]] == ["glimp-router"]
+
+    # the face's metrics sit at /glimp/metrics (LangGraph's server answers /metrics itself), behind the token
+    assert httpx.get(f"{served}/glimp/metrics", timeout=30).status_code == 401
+    scraped = httpx.get(f"{served}/glimp/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert scraped.status_code == 200, scraped.text[:2000]
+    assert 'glimp_http_requests_total{endpoint="/v1/chat/completions",status="200"} 1.0' in scraped.text
+    assert "glimp_steps_total" in scraped.text
+    assert "glimp_http_requests_total" not in httpx.get(f"{served}/metrics", timeout=30).text
