@@ -18,7 +18,7 @@ from glimp_graph.errors import (
     LogprobsUnavailableError,
 )
 from glimp_graph.graph import create_glimp_graph
-from glimp_graph.prompts import PRESETS, R1, STEPS, PromptTemplate
+from glimp_graph.prompts import PLAIN, PRESETS, R1, STEPS, PromptTemplate
 from glimp_graph.scorers import Probe, TokenEntropy
 from glimp_graph.state import Decision, GlimpInput, GlimpOutput, GlimpState, RunStats, Step
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ESTIMATORS",
+    "PLAIN",
     "PRESETS",
     "R1",
     "STEPS",

@@ -125,8 +125,8 @@ class ChatGlimpRouter(BaseChatModel):
         max_thinking_tokens: Token budget of the reasoning.
         max_steps: Step budget of the reasoning.
         final_max_tokens: Token cap of the final answer.
-        prompt: A prompt preset name (``"steps"``, ``"r1"``), a :class:`~glimp_graph.prompts.PromptTemplate` or
-            a mapping of its fields.
+        prompt: A prompt preset name (``"steps"``, ``"plain"``, ``"r1"``), a
+            :class:`~glimp_graph.prompts.PromptTemplate` or a mapping of its fields.
 
     Example:
         >>> from glimp_graph import ChatGlimpRouter
@@ -313,11 +313,8 @@ class ChatGlimpRouter(BaseChatModel):
         **kwargs: Any,
     ) -> AIMessage:
         """See ``BaseChatModel.invoke``; the run gets a known id, so a streamed call's graph nests under it."""
-        config, token = _start_run(config)
-        try:
+        with _pending_run(config) as config:
             return super().invoke(input, config, stop=stop, **kwargs)
-        finally:
-            _RUN.reset(token)
 
     async def ainvoke(
         self,
@@ -328,11 +325,8 @@ class ChatGlimpRouter(BaseChatModel):
         **kwargs: Any,
     ) -> AIMessage:
         """See ``BaseChatModel.ainvoke``; the run gets a known id, so a streamed call's graph nests under it."""
-        config, token = _start_run(config)
-        try:
+        with _pending_run(config) as config:
             return await super().ainvoke(input, config, stop=stop, **kwargs)
-        finally:
-            _RUN.reset(token)
 
     def stream(
         self,
@@ -343,12 +337,8 @@ class ChatGlimpRouter(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[AIMessageChunk]:
         """See ``BaseChatModel.stream``; the run gets a known id, so the graph's runs nest under it."""
-        config, token = _start_run(config)
-        try:
+        with _pending_run(config) as config:
             yield from super().stream(input, config, stop=stop, **kwargs)
-        finally:
-            with contextlib.suppress(ValueError):  # closed from another context (garbage collection)
-                _RUN.reset(token)
 
     async def astream(
         self,
@@ -359,13 +349,9 @@ class ChatGlimpRouter(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[AIMessageChunk]:
         """See ``BaseChatModel.astream``; the run gets a known id, so the graph's runs nest under it."""
-        config, token = _start_run(config)
-        try:
+        with _pending_run(config) as config:
             async for chunk in super().astream(input, config, stop=stop, **kwargs):
                 yield chunk
-        finally:
-            with contextlib.suppress(ValueError):  # closed from another context (the event loop's finalizer)
-                _RUN.reset(token)
 
     # -- shared by the four entry points ------------------------------------------------------------------------
 
@@ -561,12 +547,19 @@ def _metadata(
     return metadata
 
 
-def _start_run(config: RunnableConfig | None) -> tuple[RunnableConfig, Any]:
-    """``config`` with a run id (the caller's, or a new one), and that run made the pending one for ``_stream``."""
+@contextlib.contextmanager
+def _pending_run(config: RunnableConfig | None) -> Iterator[RunnableConfig]:
+    """``config`` with a run id (the caller's, or a new one), that run the pending one for ``_stream`` meanwhile."""
     config = ensure_config(config)
     run_id = config.get("run_id") or uuid7()
     config = {**config, "run_id": run_id}
-    return config, _RUN.set((run_id, config))
+    token = _RUN.set((run_id, config))
+    try:
+        yield config
+    finally:
+        # a stream closed from another context (garbage collection, the event loop's finalizer) cannot reset it
+        with contextlib.suppress(ValueError):
+            _RUN.reset(token)
 
 
 def _child_callbacks(

@@ -40,7 +40,8 @@ class GlimpConfig(BaseModel):
         final_max_tokens: Token cap of the final answer.
         stop_on_repeat: End the reasoning when a step repeats the previous one.
         reuse_probe_token: The small step continues from the probed token instead of decoding it again.
-        prompt: A :class:`~glimp_graph.prompts.PromptTemplate` or a preset name (``"steps"``, ``"r1"``).
+        prompt: A :class:`~glimp_graph.prompts.PromptTemplate` or a preset name (``"steps"``, ``"plain"``,
+            ``"r1"``).
         scorer: The step scorer: a name from :data:`glimp_graph.scorers.SCORERS` or a :class:`Scorer`.
         final_model: Which model writes the final answer.
         on_small_failure: ``"fallback"``: a dead small server hands the rest of the run to the large model.
@@ -212,7 +213,8 @@ class GlimpContext(TypedDict, total=False):
     max_steps: int
     final_max_tokens: int
     prompt: str | dict[str, Any]
-    """A preset name (``"steps"``, ``"r1"``) or the fields of a :class:`~glimp_graph.prompts.PromptTemplate`."""
+    """A preset name (``"steps"``, ``"plain"``, ``"r1"``) or the fields of a
+    :class:`~glimp_graph.prompts.PromptTemplate`."""
     tools: list[dict[str, Any]]
     tool_choice: str | dict[str, Any]
 

@@ -1,9 +1,12 @@
 """Prompt templates: how a question becomes the chat messages, and how the reasoning trace is framed.
 
-Two presets cover the two kinds of model the router is used with:
+Three presets cover the two kinds of model the router is used with:
 
 * :data:`STEPS` for plain instruction models asked to reason in blank-line separated steps (the local
   Qwen2.5-Coder pair);
+* :data:`PLAIN` for the same models, asked to write each step as plain sentences: no list numbers, no
+  ``Step N:`` labels, no bold or other Markdown (under :data:`STEPS` these models open most steps with such
+  formatting, a first token they are sure of whatever the step holds, which leaves the probe little to read);
 * :data:`R1` for R1-style reasoning models that think inside ``<think> ... </think>``.
 """
 
@@ -16,6 +19,13 @@ QUESTION_SLOT = "{question}"
 MATH_INSTRUCTION = (
     "Solve the following problem. Please reason step by step, separate logical reasoning steps with two newline "
     "characters (\\n\\n), and put your final answer within \\boxed{}."
+)
+
+PLAIN_INSTRUCTION = (
+    "Solve the following problem. Please reason step by step in plain sentences: write each logical reasoning step "
+    "as ordinary prose that starts with a word, and separate the steps with two newline characters (\\n\\n). Do "
+    'not number the steps, do not label them ("Step 1:"), and do not use bullet points, bold text, headings or '
+    "other Markdown. Put your final answer within \\boxed{}."
 )
 
 
@@ -74,6 +84,18 @@ STEPS = PromptTemplate(
 )
 """Plain instruction models prompted to reason in blank-line separated steps; reasoning ends at ``\\boxed{``."""
 
+PLAIN = PromptTemplate(
+    name="plain",
+    system=STEPS.system,
+    user=PLAIN_INSTRUCTION + "\n\n" + QUESTION_SLOT,
+    think_prefix=STEPS.think_prefix,
+    answer_prefix=STEPS.answer_prefix,
+    end_markers=STEPS.end_markers,
+    answer_markers=STEPS.answer_markers,
+)
+"""As :data:`STEPS`, but each step is asked for as plain sentences (no numbering, labels, bold or Markdown), so
+that a step's first token is a word rather than formatting."""
+
 R1 = PromptTemplate(
     name="r1",
     system=None,
@@ -84,5 +106,5 @@ R1 = PromptTemplate(
 )
 """R1-style reasoning models (DeepSeek-R1 distills, Qwen3 thinking): reasoning inside ``<think>``."""
 
-PRESETS: dict[str, PromptTemplate] = {p.name: p for p in (STEPS, R1)}
+PRESETS: dict[str, PromptTemplate] = {p.name: p for p in (STEPS, PLAIN, R1)}
 """The presets by name."""

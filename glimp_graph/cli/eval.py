@@ -125,6 +125,7 @@ def eval_(
     import asyncio
 
     from glimp_graph.eval import Job, load_records, run_eval
+    from glimp_graph.eval.runner import check_prompts
 
     stray = [name for name in thresholds if name not in strategies]
     if stray:
@@ -133,7 +134,11 @@ def eval_(
             param_hint="'--threshold'",
         )
     jobs = [Job(n, t) for n in strategies for t in (thresholds.get(n) or [None])]
-    checked_config(settings)
+    prompt = checked_config(settings).prompt.name
+    try:  # before any server starts: a resumed file must hold these jobs' records under the same prompt
+        check_prompts(load_records(out), {job.label: prompt for job in jobs}, out)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--out'") from None
     problems = _problems(dataset, start, limit)
     started: list[Any] = []
     with servers.endpoints(started) as (small, large):

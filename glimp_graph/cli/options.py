@@ -475,7 +475,11 @@ def router_options(budgets: Budgets, *, tau: bool = True, probe: bool = False) -
         ]
     options.append(
         click.option(
-            "--prompt", default="steps", show_default=True, help="Prompt preset: steps (instruct models) or r1."
+            "--prompt",
+            default="steps",
+            show_default=True,
+            help="Prompt preset: steps (instruct models), plain (the same, each step as plain sentences: no "
+            "numbering or Markdown) or r1 (<think> models).",
         )
     )
     return grouped("settings", [*options, *budgets.options()], dict)

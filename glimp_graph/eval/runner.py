@@ -81,11 +81,13 @@ def _record(
     error: str | None,
     delimiter: str,
     provenance: dict[str, Any],
+    prompt: str,
 ) -> dict:
     base = {
         "job": job.label,
         "strategy": job.strategy,
         "threshold": job.threshold,
+        "prompt": prompt,
         "id": problem.id,
         "row": problem.row,
         "source": problem.source,
@@ -126,6 +128,30 @@ def _record(
     }
 
 
+def check_prompts(records: Iterable[Mapping[str, Any]], prompts: Mapping[str, str], path: str | Path) -> None:
+    """Refuse to resume a results file whose records of a job were made with another prompt preset.
+
+    A resumed evaluation skips the (job, problem) pairs already recorded, so records of ``glimp@0.8`` made with
+    the ``steps`` prompt would stand in for a ``plain`` run of the same job. Records written before records kept
+    their prompt carry none and are not checked.
+
+    Args:
+        records: The records already in the file.
+        prompts: The prompt's name of each job about to run, by job label.
+        path: The results file (named in the error).
+
+    Raises:
+        ValueError: A record of one of the jobs names another prompt.
+    """
+    for r in records:
+        wanted = prompts.get(r.get("job", ""))
+        if wanted is not None and r.get("prompt") is not None and r["prompt"] != wanted:
+            raise ValueError(
+                f"{path} holds {r['job']} records made with the {r['prompt']!r} prompt, and this run uses "
+                f"{wanted!r}; write the results to another file"
+            )
+
+
 async def run_eval(
     small: Endpoint,
     large: Endpoint,
@@ -142,7 +168,8 @@ async def run_eval(
 ) -> list[dict[str, Any]]:
     """Run every job on every problem, appending one JSON record per run to ``out_path``.
 
-    Runs already recorded without error are skipped, so an interrupted evaluation resumes where it stopped.
+    Runs already recorded without error are skipped, so an interrupted evaluation resumes where it stopped (a
+    file whose records of a job were made with another prompt preset is refused, :func:`check_prompts`).
     Problems are taken one at a time across all jobs (problem-major order), so that a partial run still
     compares every strategy on the same problems. Every record keeps the run's provenance
     (:func:`~glimp_graph.eval.provenance.collect_provenance`: commit, package versions, what the servers report
@@ -165,6 +192,10 @@ async def run_eval(
 
     Returns:
         The records written by this call.
+
+    Raises:
+        ValueError: An unknown strategy, ``concurrency`` below 1, or records of a job in ``out_path`` made with
+            another prompt.
     """
     for job in jobs:
         if job.strategy not in STRATEGIES:
@@ -173,13 +204,15 @@ async def run_eval(
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = {_key(r["job"], r["id"]) for r in load_records(out_path) if not r.get("error")}
     configs = {
         job.label: GlimpConfig.model_validate(
             {**(base_config or {}), **STRATEGIES[job.strategy].config(job.threshold, seed)}
         )
         for job in jobs
     }
+    existing = load_records(out_path)
+    check_prompts(existing, {label: config.prompt.name for label, config in configs.items()}, out_path)
+    done = {_key(r["job"], r["id"]) for r in existing if not r.get("error")}
     graphs = {label: create_glimp_graph(small, large, config=config) for label, config in configs.items()}
     todo = [(p, j) for p in problems for j in jobs if _key(j.label, p.id) not in done]
     provenance = await collect_provenance(small, large, servers=servers) if todo else {}
@@ -192,14 +225,15 @@ async def run_eval(
         async with gate:
             if before_each is not None:
                 await before_each()
-            delimiter = configs[job.label].delimiter
+            config = configs[job.label]
+            shown = (config.delimiter, provenance, config.prompt.name)
             start = time.perf_counter()
             try:
                 out = await graphs[job.label].ainvoke({"question": problem.question})
-                record = _record(job, problem, out, time.perf_counter() - start, None, delimiter, provenance)
+                record = _record(job, problem, out, time.perf_counter() - start, None, *shown)
             except GlimpError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                record = _record(job, problem, None, time.perf_counter() - start, error, delimiter, provenance)
+                record = _record(job, problem, None, time.perf_counter() - start, error, *shown)
         async with lock:
             with out_path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
