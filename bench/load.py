@@ -957,10 +957,12 @@ def render(
     args: argparse.Namespace,
     argv: Sequence[str],
     modes: Sequence[ModeResult],
-    left: list[str],
+    left: list[str] | None,
     overhead: Mapping[str, Any] | None = None,
+    status: str | None = None,
 ) -> str:
-    """The Markdown report."""
+    """The Markdown report (``left``: what the cleanup check found, ``None`` before it ran; ``status``: a line
+    saying the report is partial)."""
     from glimp_graph.serving import LLAMA_CPP_PYTHON_VERSION
 
     lines = [
@@ -972,6 +974,7 @@ def render(
         shlex.join(["python", "bench/load.py", *argv]),
         "```",
         "",
+        *([f"**{status}**", ""] if status else []),
         "## Machine and versions",
         "",
         f"- CPU: {_cpu_model()}, {os.cpu_count()} cores; {platform.system()} {platform.release()}",
@@ -1026,6 +1029,8 @@ def render(
             lines += [f"- `{k}`: {v}" for k, v in sorted(samples.items())]
         if mismatches:
             lines += ["", "Runs mapped to the wrong question:", ""] + [f"- {m}" for m in mismatches]
+    if left is None:
+        return "\n".join([*lines, "", "## Cleanup", "", "Not checked yet: the run goes on.", ""])
     lines += [
         "",
         "## Cleanup",
@@ -1146,14 +1151,19 @@ def level_sizes(args: argparse.Namespace, via: str, n: int) -> tuple[int, int]:
 
 async def drive(
     args: argparse.Namespace,
-    via: str,
+    mode: ModeResult,
     delimiter: str,
     recorders: Sequence[CallRecorder],
     make_call: Callable[[contextlib.AsyncExitStack], Awaitable[Caller]],
     group: int | None = None,
-) -> list[dict[str, Any]]:
-    """Every level of one mode in one event loop (async clients are bound to the loop that made them)."""
-    summaries = []
+    on_level: Callable[[], None] = lambda: None,
+) -> None:
+    """Every level of one mode in one event loop (async clients are bound to the loop that made them).
+
+    Each level's summary goes into ``mode`` as soon as the level is done, then ``on_level`` is called (it writes
+    the report so far), so an interrupted run keeps the levels it finished.
+    """
+    via = mode.via
     async with contextlib.AsyncExitStack() as stack:
         call = await make_call(stack)
         for n in args.level_list:
@@ -1170,7 +1180,7 @@ async def drive(
             for recorder in recorders:
                 check_mapping(level.runs, recorder, delimiter)
             summary = summarize(level, warmup, face_cpu)
-            summaries.append(summary)
+            mode.summaries.append(summary)
             print(
                 f"{via} N={n}: {summary['ok']}/{summary['runs']} ok, errors {summary['errors'] or 'none'}, "
                 f"wrong mapping {len(summary['mismatches'])}, {summary['throughput_per_min']:.2f} runs/min, "
@@ -1179,19 +1189,21 @@ async def drive(
                 f"the graph, face CPU {_fmt(summary['face_cpu_per_run'], 2)} s/run",
                 flush=True,
             )
-    return summaries
+            on_level()
 
 
 def run_mode(
     args: argparse.Namespace,
-    via: str,
     servers: Sequence[Any],
     large_url: str,
     proxy_recorder: ProxyRecorder | None,
     work: Path,
     faces: list[FaceProcess],
-) -> ModeResult:
-    """One way in: start its face (if any), drive every level through it, stop the face."""
+    mode: ModeResult,
+    on_level: Callable[[], None] = lambda: None,
+) -> None:
+    """One way in: start its face (if any), drive every level through it into ``mode``, stop the face."""
+    via = mode.via
     small, large = servers
     delimiter = GlimpConfig().delimiter
     recorders: list[CallRecorder] = [proxy_recorder] if proxy_recorder is not None else []
@@ -1215,12 +1227,14 @@ def run_mode(
         async def make_graph_call(stack: contextlib.AsyncExitStack) -> Caller:
             return functools.partial(graph_call, graph, callbacks)
 
-        return ModeResult(via, asyncio.run(drive(args, via, config.delimiter, recorders, make_graph_call)))
+        asyncio.run(drive(args, mode, config.delimiter, recorders, make_graph_call, None, on_level))
+        return
 
     make_face = serve_router_face if via == "serve-router" else langgraph_face
     face = make_face(args, small, large_url, large.alias, work)
     faces.append(face)  # checked for leftovers whatever happens
     try:
+        mode.command = face.command
         face.start(args.ready_timeout)
         url = face.url
         # idle connections are dropped before the face's uvicorn drops them (5 s)
@@ -1241,10 +1255,21 @@ def run_mode(
             return functools.partial(langgraph_call, client)
 
         group = face.proc.pid if face.proc is not None else None
-        summaries = asyncio.run(drive(args, via, delimiter, recorders, make_face_call, group))
-        return ModeResult(via, summaries, command=face.command)
+        asyncio.run(drive(args, mode, delimiter, recorders, make_face_call, group, on_level))
     finally:
         face.stop()
+
+
+def write_report(args: argparse.Namespace, report: str) -> Path:
+    """Write ``report`` to ``--out``, or as its section of ``--append-to``; return the path."""
+    if args.append_to is None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report, encoding="utf-8")
+        return Path(args.out)
+    title = args.section or f"{args.small} + {args.large} via {', '.join(args.via_list)}"
+    existing = args.append_to.read_text(encoding="utf-8") if args.append_to.exists() else ""
+    args.append_to.write_text(merge_section(existing, as_section(report, title)), encoding="utf-8")
+    return Path(args.append_to)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1257,6 +1282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes: list[ModeResult] = []
     overhead: dict[str, Any] | None = None
     proxy: ServerThread | None = None
+    interrupted = False
+
+    def partial() -> None:  # the report so far, after each level: an interrupted run keeps what it measured
+        done = ", ".join(f"{m.via} N={s['concurrency']}" for m in modes for s in m.summaries)
+        write_report(args, render(args, argv, modes, None, overhead, status=f"partial, the run goes on; done: {done}"))
+
     try:
         large = servers[1]
         large_root = large.base_url.removesuffix("/v1")
@@ -1270,11 +1301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         large_url = f"{proxy.url}/v1" if proxy is not None else large.base_url
         with tempfile.TemporaryDirectory(prefix="glimp-load-") as tmp:
             for via in args.via_list:
+                mode = ModeResult(via, [])
+                modes.append(mode)
                 try:
-                    modes.append(run_mode(args, via, servers, large_url, recorder, Path(tmp), faces))
-                except (RuntimeError, OSError) as exc:  # a face that did not start: reported, the others still run
-                    print(f"{via}: {exc}", file=sys.stderr, flush=True)
-                    modes.append(ModeResult(via, [], error=str(exc)[:2000]))
+                    run_mode(args, servers, large_url, recorder, Path(tmp), faces, mode, partial)
+                except Exception as exc:  # a face that did not start or a mode that failed: reported, others run
+                    print(f"{via}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                    mode.error = f"{type(exc).__name__}: {str(exc)[:2000]}"
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: stopping everything and writing the levels done so far", file=sys.stderr, flush=True)
     finally:
         if proxy is not None:
             proxy.stop()
@@ -1282,18 +1318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.stop()
     groups = [f.proc.pid for f in faces if f.proc is not None]
     left = leftovers([*pids, *groups], [*ports, *(f.port for f in faces if f.port)], binary, groups)
-    report = render(args, argv, modes, left, overhead)
-    if args.append_to is not None:
-        title = args.section or f"{args.small} + {args.large} via {', '.join(args.via_list)}"
-        existing = args.append_to.read_text(encoding="utf-8") if args.append_to.exists() else ""
-        args.append_to.write_text(merge_section(existing, as_section(report, title)), encoding="utf-8")
-        where = args.append_to
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report, encoding="utf-8")
-        where = args.out
+    status = "INTERRUPTED: only the levels listed were measured" if interrupted else None
+    where = write_report(args, render(args, argv, modes, left, overhead, status=status))
     print(f"cleanup: {left or 'clean'}\nreport: {where}")
-    bad = left or any(m.error for m in modes) or any(s["errors"] or s["mismatches"] for m in modes for s in m.summaries)
+    bad = interrupted or left or any(m.error for m in modes)
+    bad = bad or any(s["errors"] or s["mismatches"] for m in modes for s in m.summaries)
     return 1 if bad else 0
 
 

@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,14 +38,21 @@ STEPS = [  # small, large, small: the large server gets a step too, which is not
 ]
 
 
-@pytest.fixture(scope="module")
-def load() -> Any:
+def load_module() -> Any:
+    """``bench/load.py`` as a module (imported by path: ``bench`` is no package)."""
+    if "glimp_bench_load" in sys.modules:
+        return sys.modules["glimp_bench_load"]
     spec = importlib.util.spec_from_file_location("glimp_bench_load", LOAD_PY)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module by name
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def load() -> Any:
+    return load_module()
 
 
 @pytest.fixture
@@ -343,3 +351,95 @@ def test_face_process_reports_a_face_that_exits_before_it_is_ready(load, tmp_pat
         face.start(10)
     face.stop()
     assert load.leftovers([face.proc.pid], [], "/no/such/binary", [face.proc.pid]) == []
+
+
+# --------------------------------------------------------------------------- the whole script, on stand-ins
+
+
+class _StandIn:
+    """A started llama-server as ``main`` sees it, played by a fake server (stopping it closes the fake)."""
+
+    def __init__(self, fake: FakeServer) -> None:
+        self.pid, self.port, self.alias = _dead_pid(), fake.port, "fake"  # a pid that is gone, as a stopped server's
+        self.base_url = f"{fake.url}/v1"
+        self._fake = fake
+
+    def stop(self) -> None:
+        self._fake.close()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def script(load, monkeypatch, tmp_path) -> Any:
+    """``main`` on stand-ins for the two llama-servers (graph mode, the proxy in front of the large one)."""
+    small, large = FakeServer("llamacpp"), FakeServer("llamacpp")
+    per_question_answers(load, ScriptedModel(steps=STEPS), small, large)
+    monkeypatch.setattr(load, "start_servers", lambda args: ([_StandIn(small), _StandIn(large)], "/no/such/binary"))
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} * 3?"}) + "\n" for i in range(8)))
+    out = tmp_path / "LOAD.md"
+    common = ["--via", "graph", "--levels", "1,2", "--questions", "2", "--proxy-calls", "0", "--data", str(data)]
+    yield lambda *extra: load.main([*common, "--out", str(out), *extra]), out
+    small.close()
+    large.close()
+
+
+def test_the_script_reports_every_level_mapped_and_nothing_left(script) -> None:
+    main, out = script
+    assert main() == 0
+    report = out.read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert [r.split("|")[1:7] for r in rows] == [
+        [" 1 ", " 0 ", " 2 ", " 2 ", " 0 ", " none "],
+        [" 2 ", " 0 ", " 2 ", " 2 ", " 0 ", " none "],
+    ]
+    assert "no process of the run" in report and "LEFT OVER" not in report and "INTERRUPTED" not in report
+
+
+INTERRUPTED_RUN = """
+import asyncio, os, signal, sys
+from tests.unit.conftest import FakeServer, ScriptedModel
+from tests.unit.test_load_bench import STEPS, _StandIn, load_module, per_question_answers
+
+load = load_module()
+small, large = FakeServer("llamacpp"), FakeServer("llamacpp")
+per_question_answers(load, ScriptedModel(steps=STEPS), small, large)
+load.start_servers = lambda args: ([_StandIn(small), _StandIn(large)], "/no/such/binary")
+real = load.graph_call
+
+async def interrupted_at_n2(graph, recorder, run):
+    if run.key.startswith("graph-N2"):  # Ctrl-C: asyncio.run cancels the level, then raises KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.sleep(30)
+    return await real(graph, recorder, run)
+
+load.graph_call = interrupted_at_n2
+sys.exit(load.main(sys.argv[1:]))
+"""
+
+
+def test_an_interrupted_run_keeps_the_levels_it_finished(tmp_path) -> None:
+    # in a process of its own: a KeyboardInterrupt through asyncio leaves CPython 3.11's ast module unusable for
+    # the rest of the process ("AST constructor recursion depth mismatch" in test_layers)
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} * 3?"}) + "\n" for i in range(8)))
+    out = tmp_path / "LOAD.md"
+    args = ["--via", "graph", "--levels", "1,2", "--questions", "2", "--proxy-calls", "0", "--data", str(data)]
+    root = LOAD_PY.parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_RUN, *args, "--out", str(out)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    report = out.read_text()
+    rows = [line.split("|")[1].strip() for line in report.splitlines() if re.match(r"\| \d", line)]
+    assert "**INTERRUPTED" in report and rows == ["1"] and "| 1 | 0 | 2 | 2 | 0 | none |" in report
+    assert "no process of the run" in report  # the cleanup still ran
