@@ -610,7 +610,8 @@ def current_block(doc: str) -> str | None:
 
 
 def _shown(path: Path) -> str:
-    return os.path.relpath(path.resolve(), ROOT)
+    # not resolved: ../shared may be a symbolic link, and the page names the path as the repository sees it
+    return os.path.relpath(os.path.abspath(path), ROOT)
 
 
 def _read(path: Path, what: str, option: str) -> str:
