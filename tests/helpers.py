@@ -23,7 +23,7 @@ CALCULATOR: dict[str, Any] = {
 
 
 class CallRecorder(BaseCallbackHandler):
-    """Every chat-model run: its name, tags and metadata (what LangSmith would show)."""
+    """Every chat-model run: its name, tags and metadata (what LangSmith would show), and the tools it carried."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
@@ -40,5 +40,7 @@ class CallRecorder(BaseCallbackHandler):
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        """Record the run's name, tags and metadata."""
-        self.calls.append({"name": name, "tags": tags or [], "metadata": metadata or {}})
+        """Record the run's name, tags, metadata and the names of the tools in its request."""
+        params = kwargs.get("invocation_params") or {}
+        tools = [t.get("function", {}).get("name") for t in params.get("tools") or []]
+        self.calls.append({"name": name, "tags": tags or [], "metadata": metadata or {}, "tools": tools})

@@ -12,17 +12,16 @@ import itertools
 import math
 import uuid
 from typing import Any
-from uuid import UUID
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 
 from glimp_graph import Endpoint
 from glimp_graph.middleware import GlimpTurnRouter, chat_openai
+from tests.helpers import CallRecorder
 
 pytestmark = pytest.mark.integration
 
@@ -42,27 +41,12 @@ def calculator(expression: str) -> str:
     return "51"
 
 
-class ModelRuns(BaseCallbackHandler):
+class ModelRuns(CallRecorder):
     """The chat-model runs of an agent: name, metadata, and the tools the request carried."""
 
-    def __init__(self) -> None:
-        self.runs: list[dict[str, Any]] = []
-
-    def on_chat_model_start(
-        self,
-        serialized: dict[str, Any],
-        messages: list[list[Any]],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        name: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        params = kwargs.get("invocation_params") or {}
-        tools = [t.get("function", {}).get("name") for t in params.get("tools") or []]
-        self.runs.append({"name": name, "metadata": metadata or {}, "tags": tags or [], "tools": tools})
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        return self.calls
 
     def turns(self) -> list[dict[str, Any]]:
         return [r for r in self.runs if r["name"] != "probe"]
