@@ -299,17 +299,20 @@ def _provenance_section(
         "## Provenance",
         "",
         f"Rendered by `bench/run_report.py` at code state `{rendered_at}`; that is not what measured the records. "
-        "What measured each job's records (a commit; `+dirty` when the package's files differed from it; "
-        "`unrecorded` for records written before records kept their provenance, with what git history says of "
-        "them in the results' sidecar file):",
+        "What measured each job's records (`code <tree>`: the git tree of `glimp_graph/`, one state however many "
+        "commits touched only files outside it, with those commits listed; a bare commit for records that name "
+        "no tree; `+dirty` when the package's files differed from it; `unrecorded` for records written before "
+        "records kept their provenance, with what git history says of them in the results' sidecar file):",
         "",
-        "| job | code state | rows | records |",
-        "|---|---|---|---|",
+        "| job | code state | commits | rows | records |",
+        "|---|---|---|---|---|",
     ]
     for job in labels:
         for state, count in states.get(job, {}).items():
-            rows = [_row(r, rows_of) for r in shown if r["job"] == job and label(r.get("provenance")) == state]
-            out.append(f"| {job} | {state} | {_rows_text(rows)} | {count} |")
+            own = [r for r in shown if r["job"] == job and label(r.get("provenance")) == state]
+            rows = [_row(r, rows_of) for r in own]
+            commits = sorted({str((r.get("provenance") or {}).get("commit") or "")[:7] for r in own} - {""})
+            out.append(f"| {job} | {state} | {', '.join(commits) or '-'} | {_rows_text(rows)} | {count} |")
     notes: dict[str, str] = {}
     cpus: dict[str, int] = defaultdict(int)
     servers: dict[str, int] = defaultdict(int)

@@ -42,26 +42,36 @@ def _git(*args: str, cwd: Path) -> str | None:
 
 
 def code_version(package_dir: Path = PACKAGE_DIR) -> dict[str, Any]:
-    """The code that runs: the checkout's commit and whether the package's files differ from it, else the version.
+    """The code that runs: the checkout's commit, the package's tree and whether its files differ, else the version.
 
     The commit is read only when ``package_dir`` is the ``glimp_graph`` folder of a git checkout (an installed
-    package inside some other repository is not that repository's commit). ``dirty`` and ``diff_sha`` look at
-    the package's own files (tracked changes and untracked files), not at results or notes beside it.
+    package inside some other repository is not that repository's commit). ``tree`` is the git object id of the
+    package folder at that commit: two commits that changed nothing under it (notes, results, docs committed
+    between two halves of a long measurement) share it. ``dirty`` and ``diff_sha`` look at the package's own
+    files (tracked changes and untracked files), not at results or notes beside it.
 
     Returns:
-        ``{"commit", "dirty", "diff_sha", "version"}``; the first three are ``None`` outside a checkout.
+        ``{"commit", "tree", "dirty", "diff_sha", "version"}``; the first four are ``None`` outside a checkout.
     """
-    out: dict[str, Any] = {"commit": None, "dirty": None, "diff_sha": None, "version": _version("glimp-graph")}
+    out: dict[str, Any] = {
+        "commit": None,
+        "tree": None,
+        "dirty": None,
+        "diff_sha": None,
+        "version": _version("glimp-graph"),
+    }
     top = _git("rev-parse", "--show-toplevel", cwd=package_dir)
     if top is None or (Path(top.strip()) / package_dir.name).resolve() != package_dir.resolve():
         return out
     root = Path(top.strip())
     commit = _git("rev-parse", "HEAD", cwd=root)
+    tree = _git("rev-parse", f"HEAD:{package_dir.name}", cwd=root)
     status = _git("status", "--porcelain", "--untracked-files=all", "--", package_dir.name, cwd=root)
     diff = _git("diff", "HEAD", "--binary", "--", package_dir.name, cwd=root)
     if commit is None or status is None or diff is None:
         return out
     out["commit"] = commit.strip()
+    out["tree"] = tree.strip() if tree else None
     out["dirty"] = bool(status.strip())
     if out["dirty"]:
         digest = hashlib.sha256(diff.encode())
@@ -160,7 +170,7 @@ async def collect_provenance(
             merged into what the servers report.
 
     Returns:
-        A JSON-ready dict: ``commit``, ``dirty``, ``diff_sha``, ``version``, ``packages``, ``servers``
+        A JSON-ready dict: ``commit``, ``tree``, ``dirty``, ``diff_sha``, ``version``, ``packages``, ``servers``
         (``small`` and ``large``), ``cpu`` and ``collected_at`` (UTC, ISO 8601).
     """
     small_info, large_info = await asyncio.gather(server_info(small), server_info(large))
@@ -179,16 +189,17 @@ async def collect_provenance(
 def label(provenance: Mapping[str, Any] | None) -> str:
     """The code state a record was measured under, as one string (records with the same label may be pooled).
 
-    ``<commit>`` (7 digits); ``<commit>+dirty.<diff_sha>`` when the package's files differed from it;
-    ``glimp-graph <version>`` outside a checkout; for old records described by a sidecar,
-    ``unrecorded (results committed in <commit>)``; else ``unknown``.
+    ``code <tree>`` (the package folder's git tree, 7 digits: the same for every commit that left the package
+    alone); ``<commit>`` (7 digits) for records that name no tree; either with ``+dirty.<diff_sha>`` when the
+    package's files differed from it; ``glimp-graph <version>`` outside a checkout; for old records described by
+    a sidecar, ``unrecorded (results committed in <commit>)``; else ``unknown``.
     """
     if not provenance:
         return UNKNOWN
-    commit = provenance.get("commit")
-    if commit:
+    commit, tree = provenance.get("commit"), provenance.get("tree")
+    if commit or tree:
         dirty = f"+dirty.{str(provenance.get('diff_sha') or '?')[:7]}" if provenance.get("dirty") else ""
-        return f"{str(commit)[:7]}{dirty}"
+        return f"code {str(tree)[:7]}{dirty}" if tree else f"{str(commit)[:7]}{dirty}"
     if provenance.get("recorded_in"):
         return f"unrecorded (results committed in {str(provenance['recorded_in'])[:7]})"
     if provenance.get("version"):

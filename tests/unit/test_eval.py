@@ -275,6 +275,7 @@ def test_label_names_the_code_state():
 
     assert label(None) == "unknown" and label({}) == "unknown"
     assert label({"commit": "0123456789abcdef", "dirty": False}) == "0123456"
+    assert label({"commit": "0123456789abcdef", "tree": "fedcba9876543210", "dirty": False}) == "code fedcba9"
     assert label({"commit": "0123456789abcdef", "dirty": True, "diff_sha": "feedbeef0000"}) == "0123456+dirty.feedbee"
     assert label({"commit": None, "version": "0.1.0"}) == "glimp-graph 0.1.0"
     assert label({"commit": None, "recorded_in": "ac662ce", "source": "sidecar"}).startswith("unrecorded")
@@ -405,3 +406,29 @@ def test_code_version_in_a_checkout_marks_a_dirty_package_by_its_diff(tmp_path):
     assert edited["commit"] == clean["commit"] and edited["dirty"] is True and edited["diff_sha"]
     (package / "b.py").write_text("y = 1\n")  # a new, untracked module changes the code too
     assert code_version(package)["diff_sha"] != edited["diff_sha"]
+
+
+def test_a_commit_outside_the_package_keeps_its_code_state(tmp_path):
+    import subprocess
+
+    from glimp_graph.eval.provenance import code_version, label
+
+    package = tmp_path / "glimp_graph"
+    package.mkdir()
+    (package / "a.py").write_text("x = 1\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "-C", str(tmp_path)]
+
+    def commit(message: str) -> dict:
+        for args in (["add", "."], ["commit", "-qm", message]):
+            subprocess.run([*git, *args], check=True, capture_output=True)
+        return code_version(package)
+
+    subprocess.run([*git, "init", "-q"], check=True, capture_output=True)
+    first = commit("code")
+    (tmp_path / "results.jsonl").write_text("{}\n")
+    results = commit("results of the first half")  # a measurement resumed after this is the same code
+    assert results["commit"] != first["commit"] and results["tree"] == first["tree"] and len(first["tree"]) == 40
+    assert label(results) == label(first) == f"code {first['tree'][:7]}"
+    (package / "a.py").write_text("x = 2\n")
+    changed = commit("change the code")
+    assert changed["tree"] != first["tree"] and label(changed) != label(first)

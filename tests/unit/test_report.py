@@ -157,9 +157,24 @@ def test_mixed_commits_are_refused_unless_asked_and_then_said(report):
     text = _render(report, records, "--mix-commits")
     assert "rendered with `--mix-commits`" in text
     assert "**This report pools records of different code states in one row**" in text
-    assert "| large-only | aaaaaaa | 0-19 | 20 |" in text and "| glimp@0.8 | bbbbbbb | 20-39 | 20 |" in text
+    assert "| large-only | aaaaaaa | aaaaaaa | 0-19 | 20 |" in text
+    assert "| glimp@0.8 | bbbbbbb | bbbbbbb | 20-39 | 20 |" in text
     one = _render(report, _records(provenance=lambda job, i: {"commit": "c" * 40, "dirty": False}))
-    assert "pools records" not in one and "| glimp@0.8 | ccccccc | 0-39 | 40 |" in one
+    assert "pools records" not in one and "| glimp@0.8 | ccccccc | ccccccc | 0-39 | 40 |" in one
+
+
+def test_commits_that_left_the_package_alone_are_one_code_state(report):
+    def two_commits_one_tree(job: str, i: int) -> dict:
+        return {"commit": "a" * 40 if i < N // 2 else "b" * 40, "tree": "e" * 40, "dirty": False}
+
+    text = _render(report, _records(provenance=two_commits_one_tree))  # no --mix-commits needed
+    assert "pools records" not in text and "| glimp@0.8 | code eeeeeee | aaaaaaa, bbbbbbb | 0-39 | 40 |" in text
+
+    def two_trees(job: str, i: int) -> dict:
+        return {"commit": "a" * 40, "tree": "e" * 40 if i < N // 2 else "f" * 40, "dirty": False}
+
+    with pytest.raises(report.MixedCommits, match=r"code eeeeeee \(20\).*code fffffff \(20\)"):
+        _render(report, _records(provenance=two_trees))
 
 
 def test_the_sidecar_gives_old_records_their_provenance(report, tmp_path):
