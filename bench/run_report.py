@@ -53,11 +53,14 @@ from glimp_graph.eval.strategies import resolve_scorer
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "gsm8k_dev.jsonl"
+MATH_DATA = HERE.parents[1] / "shared" / "data" / "math500_dev.jsonl"
 GPU_COSTS = HERE.parents[1] / "shared" / "docs" / "gpu_costs_h200.jsonl"
 RESULTS = HERE / "results"
 MAIN = ("glimp", "small-only", "large-only", "random", "step-entropy", "step-perplexity", "specreason")
 CALIBRATED = ("glimp", "step-entropy", "step-perplexity", "specreason", "random")
-VARIANTS = ("glimp-4",)  # extensions, calibrated like the main jobs and run after them
+VARIANTS = ("glimp-4",)  # extensions, calibrated like the main jobs
+HEADLINE = ("glimp", "small-only", "large-only", "random", "glimp-4")  # measured by default, on one code state
+MATH_JOBS = ("glimp", "small-only", "large-only", "random")  # the MATH-500 section's
 SIGNALS = ("glimp", "step-entropy", "step-perplexity", "specreason", "glimp-4")  # routed by a difficulty signal
 BASE = {"max_step_tokens": 256, "max_thinking_tokens": 768, "max_steps": 32, "final_max_tokens": 64}
 PAPER_PAIR = ("qwen3-4b", "qwen2.5-32b(r1-distill-32b)")  # the paper's small and large model, as GPU_COSTS names them
@@ -72,9 +75,17 @@ class MixedCommits(ValueError):
 
 
 async def _calibrate_taus(
-    small: Endpoint, large: Endpoint, args: argparse.Namespace, names: tuple[str, ...]
+    small: Endpoint,
+    large: Endpoint,
+    args: argparse.Namespace,
+    names: Sequence[str],
+    *,
+    data: Path = DATA,
+    start: int | None = None,
+    n: int | None = None,
 ) -> dict[str, float]:
-    cal_problems = load_problems(DATA, start=args.calibration_start, limit=args.calibration_n)
+    start = args.calibration_start if start is None else start
+    cal_problems = load_problems(data, start=start, limit=args.calibration_n if n is None else n)
     taus = {}
     for name in names:
         result = await calibrate(
@@ -118,26 +129,19 @@ async def _measure(args: argparse.Namespace, cache: str | None, calibration_file
             for role, server in (("small", models.small), ("large", models.large))
         }
         calibration = json.loads(calibration_file.read_text()) if calibration_file.exists() else {}
-        if "taus" not in calibration:
-            last = args.calibration_start + args.calibration_n - 1
-            calibration = {
-                "target_large_share": args.target_large_share,
-                "problems": f"gsm8k_dev rows {args.calibration_start}..{last}",
-                "taus": await _calibrate_taus(small, large, args, CALIBRATED),
-            }
+        calibration.setdefault("target_large_share", args.target_large_share)
+        last = args.calibration_start + args.calibration_n - 1
+        calibration.setdefault("problems", f"gsm8k_dev rows {args.calibration_start}..{last}")
+        taus = calibration.setdefault("taus", {})
+        missing = [name for name in args.jobs if name in CALIBRATED + VARIANTS and name not in taus]
+        if missing:  # only the thresholds of the jobs asked for; a later run with more jobs adds its own
+            taus.update(await _calibrate_taus(small, large, args, missing))
             calibration_file.write_text(json.dumps(calibration, indent=2) + "\n")
-        if any(name not in calibration["taus"] for name in VARIANTS):
-            calibration["taus"].update(await _calibrate_taus(small, large, args, VARIANTS))
-            calibration_file.write_text(json.dumps(calibration, indent=2) + "\n")
-        missing = [s for s in args.sweep_shares if f"{s:g}" not in calibration.get("sweep", {})]
-        if missing:
+        missing_shares = [s for s in args.sweep_shares if f"{s:g}" not in calibration.get("sweep", {})]
+        if missing_shares:
             calibration["sweep"] = {**calibration.get("sweep", {}), **await _sweep_taus(small, large, args)}
             print(f"sweep taus: {calibration['sweep']}", flush=True)
             calibration_file.write_text(json.dumps(calibration, indent=2) + "\n")
-        taus = calibration["taus"]
-        main_jobs = [Job(name, taus.get(name)) for name in MAIN]
-        variant_jobs = [Job(name, taus[name]) for name in VARIANTS]
-        problems = load_problems(DATA, limit=args.n)
 
         async def flush_prompt_caches() -> None:
             # every run starts with the question uncached on both servers, whatever ran before it
@@ -148,20 +152,49 @@ async def _measure(args: argparse.Namespace, cache: str | None, calibration_file
                         json={"messages": [{"role": "user", "content": "ok"}], "max_tokens": 1},
                     )
 
-        # the main comparison first (every strategy, problem by problem), then the variants, then the sweep
-        for jobs in (main_jobs, variant_jobs, sweep_jobs(calibration, args)):
-            if jobs:
-                await run_eval(
-                    small,
-                    large,
-                    problems,
-                    jobs,
-                    args.results,
-                    base_config=BASE,
-                    before_each=flush_prompt_caches,
-                    seed=0,
-                    servers=started,
+        async def run(problems: list, jobs: list[Job], results: Path) -> None:
+            await run_eval(
+                small,
+                large,
+                problems,
+                jobs,
+                results,
+                base_config=BASE,
+                before_each=flush_prompt_caches,
+                seed=0,
+                servers=started,
+            )
+
+        # the jobs asked for, problem by problem (each problem's runs minutes apart: the per-problem ratios do not
+        # see the machine's speed drift); then MATH-500; then the threshold sweep
+        await run(load_problems(DATA, limit=args.n), [Job(name, taus.get(name)) for name in args.jobs], args.results)
+        if args.math_n:
+            math = calibration.setdefault(
+                "math500",
+                {
+                    "problems": f"math500_dev rows {args.math_calibration_start}.."
+                    f"{args.math_calibration_start + args.math_calibration_n - 1}"
+                },
+            )
+            math_taus = math.setdefault("taus", {})
+            math_missing = [name for name in MATH_JOBS if name in CALIBRATED and name not in math_taus]
+            if math_missing:
+                math_taus.update(
+                    await _calibrate_taus(
+                        small,
+                        large,
+                        args,
+                        math_missing,
+                        data=MATH_DATA,
+                        start=args.math_calibration_start,
+                        n=args.math_calibration_n,
+                    )
                 )
+                calibration_file.write_text(json.dumps(calibration, indent=2) + "\n")
+            math_jobs = [Job(name, math_taus.get(name)) for name in MATH_JOBS]
+            await run(load_problems(MATH_DATA, limit=args.math_n), math_jobs, args.math_results)
+        if args.sweep_shares or args.random_shares:
+            await run(load_problems(DATA, limit=args.n), sweep_jobs(calibration, args), args.results)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -586,8 +619,8 @@ def _why(rows: list[dict], records: list[dict], gpu_gap: float | None) -> list[s
     runs = {job: _ok_runs(records, job) for job in jobs}
     clean = sorted(set.intersection(*(set(v) for v in runs.values())) - stalled)
 
-    def parts(job: str) -> dict[str, float]:
-        total: dict[str, float] = defaultdict(float)
+    def parts(job: str) -> defaultdict[str, float]:
+        total: defaultdict[str, float] = defaultdict(float)  # a job that never switches has no switch_excess
         for i in clean:
             r = runs[job][i]
             steps = r["step_records"]
@@ -600,7 +633,7 @@ def _why(rows: list[dict], records: list[dict], gpu_gap: float | None) -> list[s
                 total["at_speed"] += at_speed
                 after_switch = k > 0 and steps[k - 1]["model"] != step["model"]
                 total["switch_excess" if after_switch else "other_excess"] += step["seconds"] - at_speed
-        return {k: v / len(clean) for k, v in total.items()}
+        return defaultdict(float, {k: v / len(clean) for k, v in total.items()})
 
     gp, bp = parts(g["job"]), parts(big["job"])
     g_rest = gp["latency"] - gp["steps"] - gp["probe"] - gp["final"]
@@ -811,26 +844,160 @@ def _variant_claims(records: list[dict], sweep_rows: list[dict], main_glimp: str
     return out
 
 
+# --------------------------------------------------------------------------- projection, MATH-500, earlier jobs
+
+PROJECTION_PROFILES = (
+    "cpu-epyc-qwen-coder",
+    "h200-floor-qwen2.5-0.5b-1.5b",
+    "h200-floor-r1-7b-qwen2.5-1.5b",
+    "h200-floor-r1-32b-qwen3-1.7b",
+    "h200-floor-r1-32b-qwen3-4b",
+)
+PAPER_PROFILE = "h200-floor-r1-32b-qwen3-4b"
+
+
+def _projection_section(records: list[dict], labels: Sequence[str]) -> list[str]:
+    """Each shown job's recorded routing replayed under the shipped profiles (bench/COST_MODEL.md's model)."""
+    from glimp_graph.eval.costmodel import load_profile, project
+
+    runs = [r for r in records if r["job"] in labels]
+    if not any(r["job"] == "large-only" and not r.get("error") for r in runs):
+        return []
+    profiles = [load_profile(name) for name in PROJECTION_PROFILES]
+    projected = {profile.name: {p.job: p for p in project(runs, profile)} for profile in profiles}
+    out = [
+        "## Projection: the same routing on other hardware",
+        "",
+        "Each run's recorded calls (tokens read and written by each model, probes, prefix-cache reuse) priced with "
+        "`t = overhead + prefill x new prompt tokens + decode x generated tokens` per server "
+        "(`glimp_graph.eval.costmodel`, validated in [COST_MODEL.md](COST_MODEL.md)), every run reading its "
+        "question afresh. Cells: the median per-problem ratio to `large-only`, then the ideal mix's (the same "
+        "steps at each model's standalone speed, no switching cost). The routing is this pair's: the same "
+        "decisions and token counts replayed, not what the larger models would write.",
+        "",
+        "| job | " + " | ".join(f"`{p.name}`" for p in profiles) + " |",
+        "|---|" + "---|" * len(profiles),
+    ]
+    for job in labels:
+        cells = [projected[p.name].get(job) for p in profiles]
+        if all(c is None for c in cells):
+            continue
+        out.append(
+            f"| {job} | "
+            + " | ".join(f"{c.ratio_median:.2f} (ideal {c.ideal_ratio_median:.2f})" if c else "n/a" for c in cells)
+            + " |"
+        )
+    out += ["", *(f"- `{p.name}`: {p.description}. {p.note}".rstrip() for p in profiles), ""]
+    glimp = next((j for j in labels if j.startswith("glimp@")), None)
+    paper = projected.get(PAPER_PROFILE, {})
+    cpu = projected.get(PROJECTION_PROFILES[0], {})
+    if glimp and glimp in paper and glimp in cpu:
+        g, c = paper[glimp], cpu[glimp]
+        out += [
+            f"Under the paper's pair's floor (`{PAPER_PROFILE}`) `{glimp}`'s routing would take a median "
+            f"{g.ratio_median:.2f}x `large-only`'s time ({'faster' if g.ratio_median < 1 else 'not faster'}), "
+            f"against {c.ratio_median:.2f}x under this CPU's profile; the ideal mix bounds what any switching "
+            f"cost leaves: {g.ideal_ratio_median:.2f}x there, {c.ideal_ratio_median:.2f}x here.",
+            "",
+        ]
+    return out
+
+
+def _math_section(records: list[dict], calibration: dict, args: argparse.Namespace) -> list[str]:
+    """MATH-500's first rows: glimp, small-only, large-only and random, graded with math-verify."""
+    done = {r["job"] for r in records if not r.get("error")}
+    if "large-only" not in done:
+        return []
+    math = calibration.get("math500", {})
+    rows = summarize(records, seed=args.seed)
+    out = [
+        "## MATH-500",
+        "",
+        f"MATH-500 dev rows 0..{args.math_n - 1} (../shared/data/math500_dev.jsonl), the same pair, budgets and "
+        f"order as above; answers graded with math-verify. Thresholds calibrated for a "
+        f"{calibration.get('target_large_share', '?')} large-step share on {math.get('problems', '?')}: "
+        f"`{math.get('taus', {})}`. Code states: "
+        + "; ".join(
+            f"`{job}` {', '.join(f'{state} ({n})' for state, n in states.items())}"
+            for job, states in states_by_job(records).items()
+        )
+        + ".",
+        "",
+        markdown_table(rows),
+    ]
+    glimp = next((j for j in done if j.startswith("glimp@")), None)
+    random = next((j for j in done if j.startswith("random@")), None)
+    for other in (random, "large-only", "small-only"):
+        if glimp and other in done:
+            p = paired(records, glimp, other)
+            verdict = "not significant" if p.p_value >= ALPHA else "significant"
+            out.append(
+                f"- `{glimp}` against `{other}` on the same {p.n} problems: right on {p.both + p.only_a} vs "
+                f"{p.both + p.only_b} (only one of them right: {p.only_a} vs {p.only_b}; sign test {_p(p.p_value)}, "
+                f"{verdict})."
+            )
+    return [*out, ""]
+
+
+def _earlier_section(earlier: list[dict], measured: Sequence[str], seed: int) -> list[str]:
+    """The jobs of an earlier run that this one did not measure, each against that run's own large-only."""
+    jobs = sorted({r["job"] for r in earlier if r.get("strategy") not in (*measured, "large-only")})
+    if not jobs or not any(r["job"] == "large-only" for r in earlier):
+        return []
+    shown = [r for r in earlier if r["job"] in (*jobs, "large-only")]
+    states = states_by_job(shown)
+    return [
+        "## Earlier jobs (another run, other code states)",
+        "",
+        "Jobs this run did not measure, from the earlier results file, each against that run's own `large-only` "
+        "on the problems they share (never against this run's: the machine's speed drifts between sessions). "
+        "Their thresholds were calibrated on 6 problems. Code states: "
+        + "; ".join(f"`{job}` {', '.join(f'{st} ({n})' for st, n in states[job].items())}" for job in states)
+        + ".",
+        "",
+        markdown_table(summarize(shown, seed=seed)),
+    ]
+
+
 # --------------------------------------------------------------------------- the report
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100, help="GSM8K dev problems to evaluate (rows 0..n-1)")
+    parser.add_argument(
+        "--jobs",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=list(HEADLINE),
+        help=f"strategies to measure, comma-separated, from {', '.join(MAIN + VARIANTS)} "
+        f"(default: {','.join(HEADLINE)}); jobs of --earlier that are not measured here are shown from there",
+    )
     parser.add_argument("--calibration-start", type=int, default=900)
-    parser.add_argument("--calibration-n", type=int, default=6)
+    parser.add_argument("--calibration-n", type=int, default=20)
     parser.add_argument("--target-large-share", type=float, default=0.25)
     parser.add_argument(
         "--sweep-shares",
         type=float,
         nargs="*",
-        default=[0.5],
+        default=[],
         help="extra large-step shares for glimp (thresholds calibrated like the main one), run after the main jobs",
     )
+    parser.add_argument("--random-shares", type=float, nargs="*", default=[], help="extra large-step shares for random")
+    parser.add_argument("--results", type=Path, default=RESULTS / "gsm8k_qwen_2.jsonl")
+    parser.add_argument("--calibration-file", type=Path, default=RESULTS / "calibration_2.json")
     parser.add_argument(
-        "--random-shares", type=float, nargs="*", default=[0.5], help="extra large-step shares for random"
+        "--math-n", type=int, default=60, help=f"MATH-500 dev problems for {', '.join(MATH_JOBS)} (0: none)"
     )
-    parser.add_argument("--results", type=Path, default=RESULTS / "gsm8k_qwen.jsonl")
+    parser.add_argument("--math-results", type=Path, default=RESULTS / "math500_qwen_2.jsonl")
+    parser.add_argument("--math-calibration-start", type=int, default=380)
+    parser.add_argument("--math-calibration-n", type=int, default=20)
+    parser.add_argument(
+        "--earlier",
+        type=Path,
+        default=RESULTS / "gsm8k_qwen.jsonl",
+        help="an earlier run's results: its jobs that this run did not measure are shown from it, each against "
+        "that run's own large-only and under its own code state",
+    )
     parser.add_argument("--report-only", action="store_true", help="only render the report from the results")
     parser.add_argument(
         "--mix-commits",
@@ -840,10 +1007,59 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
     parser.add_argument("--gpu-costs", type=Path, default=GPU_COSTS, help="GPU decode costs (for the paper's gap)")
     args = parser.parse_args(argv)
+    unknown = [name for name in args.jobs if name not in MAIN + VARIANTS]
+    if unknown or not args.jobs:
+        parser.error(f"--jobs {','.join(unknown) or '(none)'}: choose from {', '.join(MAIN + VARIANTS)}")
+    if args.calibration_start < args.n or args.math_calibration_start < args.math_n:
+        parser.error(
+            "calibration problems must lie outside the evaluated rows: --calibration-start must be >= --n and "
+            "--math-calibration-start >= --math-n"
+        )
     for share in [args.target_large_share, *args.sweep_shares, *args.random_shares]:
         if not 0.0 < share < 1.0:
             parser.error(f"large-step shares must be in (0, 1), got {share}")
     return args
+
+
+COMMAND_OPTIONS = (
+    "n",
+    "jobs",
+    "calibration_start",
+    "calibration_n",
+    "target_large_share",
+    "sweep_shares",
+    "random_shares",
+    "results",
+    "calibration_file",
+    "math_n",
+    "math_results",
+    "math_calibration_start",
+    "math_calibration_n",
+    "earlier",
+    "mix_commits",
+)
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command that measures (and renders) what ``args`` do: the options that differ from the defaults."""
+    defaults = parse_args([])
+    parts = ["python bench/run_report.py"]
+    for name in COMMAND_OPTIONS:
+        value = getattr(args, name)
+        if name not in ("n", "math_n") and value == getattr(defaults, name):
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            parts += [flag] if value else []
+        elif isinstance(value, list):
+            parts.append(
+                f"{flag} {','.join(map(str, value))}" if name == "jobs" else f"{flag} {' '.join(map(str, value))}"
+            )
+        elif isinstance(value, Path):
+            parts.append(f"{flag} {value.relative_to(HERE.parent) if value.is_relative_to(HERE.parent) else value}")
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
 
 
 def render(
@@ -854,8 +1070,13 @@ def render(
     rows_of: dict[str, int] | None = None,
     rendered_at: str = "unknown",
     figures: bool = True,
+    math_records: list[dict] | None = None,
+    earlier: list[dict] | None = None,
 ) -> tuple[str, list[dict], list[dict]]:
     """The report's Markdown from the records, and the rows of its two tables.
+
+    ``math_records`` (MATH-500) and ``earlier`` (an earlier run's results, for the jobs this one did not measure)
+    add a section each.
 
     Raises:
         MixedCommits: A shown job pools records of several code states and ``args.mix_commits`` is not set.
@@ -898,7 +1119,7 @@ def render(
     lines = [
         "# Benchmark report: GlimpRouter and baselines on GSM8K (local real models)",
         "",
-        f"Command: `python bench/run_report.py --n {args.n}` (resumable; `--report-only` re-renders"
+        f"Command: `{_command(args)}` (resumable; `--report-only` re-renders"
         f"{'; rendered with `--mix-commits`' if mixed else ''}).",
         "",
         *_headline(rows, records, stalls, args.seed),
@@ -945,6 +1166,9 @@ def render(
             *_sweep_claims(records, sweep_rows, glimp, args.seed),
             *_variant_claims(records, sweep_rows, glimp),
         ]
+    lines += _projection_section(records, shown)
+    if earlier:
+        lines += _earlier_section(earlier, args.jobs, args.seed)
     if figures:
         lines += ["![accuracy vs latency](tradeoff.png)", "", "![signals](signals.png)", ""]
     if glimp in done:
@@ -959,6 +1183,8 @@ def render(
         lines += _routing_section(records, routed)
         mixed_routes = [label for label in main_labels + sweep_labels if label in done and "-only" not in label]
         lines += _content_section(records, mixed_routes, rows_of)
+    if math_records:
+        lines += _math_section(math_records, calibration, args)
     lines += _targets(rows, records, args.seed)
     lines += _why(rows, [r for r in records if r["job"] in shown], _gpu_gap(args.gpu_costs))
     lines += ["Framework overhead: see [OVERHEAD.md](OVERHEAD.md).", ""]
@@ -973,7 +1199,7 @@ def main() -> None:
     args = parse_args()
     cache = os.environ.get("GLIMP_CACHE_DIR")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    calibration_file = RESULTS / "calibration.json"
+    calibration_file = args.calibration_file
     started = time.time()
 
     if not args.report_only:
@@ -981,10 +1207,20 @@ def main() -> None:
         asyncio.run(_measure(args, cache, calibration_file))
 
     records = load_records(args.results)
+    math_records = load_records(args.math_results) if args.math_n and args.math_results.exists() else None
+    earlier = load_records(args.earlier) if args.earlier.exists() and args.earlier != args.results else None
     calibration = json.loads(calibration_file.read_text()) if calibration_file.exists() else {}
     rows_of = {p.id: p.row for p in load_problems(DATA)} if DATA.exists() else {}
     try:
-        text, rows, sweep_rows = render(records, calibration, args, rows_of=rows_of, rendered_at=label(code_version()))
+        text, rows, sweep_rows = render(
+            records,
+            calibration,
+            args,
+            rows_of=rows_of,
+            rendered_at=label(code_version()),
+            math_records=math_records,
+            earlier=earlier,
+        )
     except MixedCommits as exc:
         sys.exit(f"error: {exc}")
     plot_tradeoff(sweep_rows or rows, HERE / "tradeoff.png")

@@ -60,12 +60,13 @@ def _records(
     glimp_right: Callable[[int], bool] = lambda i: i % 4 == 0,
     stall_row: int | None = None,
     provenance: Callable[[str, int], dict | None] = lambda job, i: None,
+    glimp_models: str = "slss",
 ) -> list[dict[str, Any]]:
     records = []
     for i in range(N):
         base = 10.0 + (i % 7)
         spec = {
-            "glimp@0.8": (glimp_speed * base, glimp_right(i), "slss"),
+            "glimp@0.8": (glimp_speed * base, glimp_right(i), glimp_models),
             "small-only": (0.5 * base, i % 5 == 0, "ssss"),
             "large-only": (base, i % 2 == 0, "llll"),
             "random@0.75": (0.8 * base, i % 4 == 0, "sssl"),
@@ -92,6 +93,8 @@ def _records(
                 "probe_seconds": 0.1 if strategy == "glimp" else 0.0,
                 "final_seconds": 0.3,
                 "step_records": steps,
+                "scorer": {"glimp": "glimp", "random": "random"}.get(strategy, "fixed"),
+                "final_tokens": 4,
             }
             prov = provenance(job, i)
             if prov is not None:
@@ -100,11 +103,11 @@ def _records(
     return records
 
 
-def _render(report: Any, records: list[dict[str, Any]], *flags: str) -> str:
+def _render(report: Any, records: list[dict[str, Any]], *flags: str, **sections: Any) -> str:
     args = report.parse_args(
         ["--n", str(N), "--sweep-shares", "--random-shares", "--gpu-costs", "/nonexistent", *flags]
     )
-    text, rows, _ = report.render(records, CALIBRATION, args, figures=False)
+    text, rows, _ = report.render(records, CALIBRATION, args, figures=False, **sections)
     assert {r["job"] for r in rows} == set(JOBS)
     return text
 
@@ -198,3 +201,38 @@ def test_the_sidecar_gives_old_records_their_provenance(report, tmp_path):
     text = _render(report, loaded, "--mix-commits")
     assert "- `unrecorded (results committed in 1111111)`: first half" in text
     assert "not recorded in 160 of the 160 records" in text
+
+
+def test_the_projection_prices_the_recorded_routing_under_each_profile(report):
+    text = _render(report, _records())
+    assert "## Projection: the same routing on other hardware" in text
+    assert "| glimp@0.8 | " in text and "`h200-floor-r1-32b-qwen3-4b`" in text
+    assert "`glimp@0.8`'s routing would take a median" in text and "(faster)" in text
+    # every step to the large model, plus the probes: no faster than large-only anywhere
+    slow = _render(report, _records(glimp_models="llll"))
+    assert "(not faster)" in slow
+
+
+def test_math500_and_earlier_jobs_get_their_own_sections(report):
+    math = [r for r in _records(glimp_right=lambda i: i % 2 == 0) if r["job"] != "small-only"]
+    earlier = [r for r in _records() if r["job"] == "large-only"]
+    earlier += [
+        {**r, "job": "step-entropy@0.3", "strategy": "step-entropy"} for r in _records() if r["job"] == "glimp@0.8"
+    ]
+    text = _render(report, _records(), math_records=math, earlier=earlier)
+    assert "## MATH-500" in text
+    # glimp is right on the even rows, random on every fourth: 20 vs 10 right, 10 only by glimp
+    assert f"`glimp@0.8` against `random@0.75` on the same {N} problems: right on 20 vs 10" in text
+    section = text.split("## Earlier jobs")[1].split("\n## ")[0]
+    assert "| step-entropy@0.3 | 40 |" in section and "| glimp@0.8 |" not in section
+    assert "## MATH-500" not in _render(report, _records()) and "## Earlier jobs" not in _render(report, _records())
+
+
+def test_measured_jobs_and_calibration_rows_are_checked_up_front(report, capsys):
+    with pytest.raises(SystemExit):
+        report.parse_args(["--jobs", "glimp,bogus"])
+    assert "--jobs bogus: choose from glimp" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        report.parse_args(["--n", "100", "--calibration-start", "90"])
+    assert "outside the evaluated rows" in capsys.readouterr().err
+    assert report.parse_args(["--jobs", "glimp, large-only"]).jobs == ["glimp", "large-only"]
