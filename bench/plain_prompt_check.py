@@ -13,7 +13,10 @@ that token) has little to read. The `plain` preset asks for each step as plain s
    the small model's greedy probe token, H_init that token's entropy) under each preset on the same GSM8K dev
    problems, problem by problem;
 3. writes one line per step to bench/results/plain_prompt_check.jsonl (problem, preset, step index, the step's
-   opening, how it opens, H_init) and renders bench/PLAIN_PROMPT.md from those lines alone.
+   opening, how it opens, H_init) and renders bench/PLAIN_PROMPT.md from those lines;
+4. renders the paired comparison of glimp and random at the same large-step share under `plain` on GSM8K rows
+   0..99 from `glimp eval`'s records (bench/results/gsm8k_qwen_plain.jsonl, run as the report says), beside the
+   same comparison under `steps` (bench/results/gsm8k_qwen.jsonl); without those records, how to run it.
 
 The rows default to 200..209: outside rows 0..99 (bench/REPORT.md's evaluation, which the paired glimp-vs-random
 comparison reuses), 900..905 (its calibration) and 104..107 (bench/COST_MODEL.md's check). It measures no time.
@@ -371,15 +374,13 @@ def render(lines: list[dict[str, Any]], args: argparse.Namespace) -> str:
             + " (too few problems to compare)."
         )
         out.append("")
-    return "\n".join([*out, *PAIRED])
+    return "\n".join([*out, *paired_section(*_paired_inputs(args))])
 
 
-PAIRED = [
-    "## The paired comparison (not run here)",
-    "",
+PAIRED_HOW = [
     "glimp against random routing at the same large-step share, both under `plain`, on bench/REPORT.md's 100 "
-    "problems (GSM8K dev rows 0..99), with its budgets; glimp's tau is calibrated under `plain` on rows 900..905 "
-    "(bench/REPORT.md's calibration rows, outside those 100 and outside this check's). Run on a quiet machine; "
+    "problems (GSM8K dev rows 0..99), with its budgets; glimp's tau is calibrated under `plain` on rows 900..919 "
+    "(20 problems outside those 100 and outside this check's). Run on a quiet machine; "
     "`glimp eval` resumes an interrupted run from its `--out` file and refuses one written under another prompt.",
     "",
     "```",
@@ -387,8 +388,8 @@ PAIRED = [
     "D=../shared/data/gsm8k_dev.jsonl",
     "OUT=bench/results/gsm8k_qwen_plain.jsonl",
     "# 1. tau for a 25% large-step share under plain: prints 'glimp: tau=TAU for a large-step share of 25% ...'",
-    "flock /tmp/glimp-heavy.lock .venv/bin/glimp calibrate --dataset $D --start 900 --limit 6 --scorer glimp \\",
-    "    --target-large-share 0.25 $B",
+    "flock /tmp/glimp-heavy.lock .venv/bin/glimp calibrate --dataset $D --start 900 --limit 20 --scorer glimp \\",
+    "    --target-large-share 0.25 $B | tee bench/results/gsm8k_qwen_plain.calibration.txt",
     "# 2. both jobs on the same 100 problems, problem by problem (random@0.75: a 25% large-step share)",
     "flock /tmp/glimp-heavy.lock .venv/bin/glimp eval --dataset $D --start 0 --limit 100 --strategies glimp,random \\",
     "    --threshold glimp=TAU --threshold random=0.75 --seed 0 $B --out $OUT --report ${OUT%.jsonl}.md",
@@ -408,7 +409,133 @@ PAIRED = [
     "bench/results/gsm8k_qwen.jsonl (`glimp@0.7994`, `random@0.75`).",
     "",
 ]
-"""How to run the issue's paired 100-problem comparison (static text; the lead schedules it)."""
+"""How the issue's paired 100-problem comparison is run."""
+PAIRED_RESULTS = HERE / "results" / "gsm8k_qwen_plain.jsonl"
+PAIRED_CALIBRATION = HERE / "results" / "gsm8k_qwen_plain.calibration.txt"
+STEPS_RESULTS = HERE / "results" / "gsm8k_qwen.jsonl"
+STEPS_JOBS = (f"glimp@{STEPS_TAU}", "random@0.75")
+SHARE_GAP = 0.05
+"""Realised large-step shares further apart than this are not 'the same share'."""
+
+
+def _share(runs: Sequence[dict[str, Any]]) -> float:
+    steps = sum(int(r.get("steps") or 0) for r in runs)
+    return sum(int(r.get("large_steps") or 0) for r in runs) / steps if steps else math.nan
+
+
+def _comparisons(records: list[dict[str, Any]], glimp: str, randoms: Sequence[str]) -> tuple[list[str], list[Any]]:
+    """One sentence per random job: glimp against it on the same problems, and the :class:`Paired` results."""
+    from glimp_graph.eval import paired
+
+    ok = defaultdict(list)
+    for r in records:
+        if not r.get("error"):
+            ok[r["job"]].append(r)
+    out, results = [], []
+    for random in randoms:
+        p = paired(records, glimp, random)
+        gap = _share(ok[glimp]) - _share(ok[random])
+        verdict = (
+            f"glimp right more often, significant (sign test p = {p.p_value:.3f})"
+            if p.p_value < 0.05 and p.only_a > p.only_b
+            else f"random right more often, significant (sign test p = {p.p_value:.3f})"
+            if p.p_value < 0.05
+            else f"no significant difference (sign test p = {p.p_value:.2f})"
+        )
+        shares = "the same large-step share" if abs(gap) <= SHARE_GAP else f"large-step shares {abs(gap):.0%} apart"
+        out.append(
+            f"- `{glimp}` against `{random}` on the same {p.n} problems: right on {p.both + p.only_a} vs "
+            f"{p.both + p.only_b}; only one of them right on {p.only_a + p.only_b} ({p.only_a} glimp, {p.only_b} "
+            f"random): {verdict}; {shares} ({_share(ok[glimp]):.0%} vs {_share(ok[random]):.0%})."
+        )
+        results.append((p, gap))
+    return out, results
+
+
+def paired_section(plain: list[dict[str, Any]], steps: list[dict[str, Any]], calibration: str | None) -> list[str]:
+    """The paired glimp-vs-random comparison under `plain`, beside the same comparison under `steps`.
+
+    Without records under `plain`, how to run it.
+    """
+    from glimp_graph.eval import wilson_interval
+
+    jobs = list(dict.fromkeys(r["job"] for r in plain if not r.get("error")))
+    glimp = next((j for j in jobs if j.startswith("glimp@")), None)
+    randoms = [j for j in jobs if j.startswith("random@")]
+    if glimp is None or not randoms:
+        return ["## The paired comparison (not run yet)", "", *PAIRED_HOW]
+    out = [
+        "## The paired comparison: glimp against random under `plain`",
+        "",
+        f"From `bench/results/{PAIRED_RESULTS.name}` ({len(plain)} records); calibration: "
+        + (f"`{calibration.strip()}`" if calibration else "not recorded")
+        + ". Problems: GSM8K dev rows 0..99, one sampled run per job and problem.",
+        "",
+        "| job | prompt | runs | right | accuracy (95% Wilson CI) | large-step share | code state |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for job in [glimp, *randoms]:
+        runs = [r for r in plain if r["job"] == job and not r.get("error")]
+        right = sum(bool(r.get("correct")) for r in runs)
+        low, high = wilson_interval(right, len(runs))
+        states = ", ".join(sorted({label(r.get("provenance")) for r in runs}))
+        prompts = ", ".join(sorted({str(r.get("prompt")) for r in runs}))
+        out.append(
+            f"| {job} | {prompts} | {len(runs)} | {right} | {right / len(runs):.0%} ({low:.0%}-{high:.0%}) "
+            f"| {_share(runs):.0%} | {states} |"
+        )
+    errors = sum(bool(r.get("error")) for r in plain)
+    out += ["", f"Runs that ended in an error (left out above): {errors}.", ""]
+    sentences, results = _comparisons(plain, glimp, randoms)
+    out += sentences
+    steps_ok = all(any(r["job"] == j and not r.get("error") for r in steps) for j in STEPS_JOBS)
+    steps_results: list[Any] = []
+    if steps_ok:
+        steps_sentences, steps_results = _comparisons(steps, STEPS_JOBS[0], STEPS_JOBS[1:])
+        out += [f"- The same comparison under `steps` (bench/results/{STEPS_RESULTS.name}, bench/REPORT.md's run):"]
+        out += ["  " + line for line in steps_sentences]
+    matched = [(p, gap) for p, gap in results if abs(gap) <= SHARE_GAP]
+    out.append("")
+    if not matched:
+        out.append(
+            "No random job ran at glimp's realised share (within 5 points): run step 3 below before reading the "
+            "comparison as one at the same share."
+        )
+    else:
+        p, _ = matched[0]
+        if p.p_value < 0.05 and p.only_a > p.only_b:
+            finding = "H_init carries signal under `plain`: glimp is right more often than random at the same share"
+        elif p.p_value < 0.05:
+            finding = "under `plain` glimp's routing is worse than random at the same share"
+        else:
+            finding = (
+                "under `plain` H_init routing is not distinguishable from random at the same share on these 100 "
+                f"problems ({p.only_a} vs {p.only_b} problems only one of them got right)"
+            )
+        out.append(f"Reading: {finding}.")
+        if steps_results:
+            sp, _ = steps_results[0]
+            out.append(
+                f"Under `steps` the same comparison gave {sp.only_a} vs {sp.only_b} "
+                f"(p = {sp.p_value:.2f}): "
+                + (
+                    "the same verdict."
+                    if (sp.p_value < 0.05) == (p.p_value < 0.05) and (sp.only_a > sp.only_b) == (p.only_a > p.only_b)
+                    else "a different verdict."
+                )
+            )
+    return [*out, "", "### How it was run", "", *PAIRED_HOW]
+
+
+def _load(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _paired_inputs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    calibration = args.paired_calibration.read_text(encoding="utf-8") if args.paired_calibration.exists() else None
+    return _load(args.paired_results), _load(args.steps_results), calibration
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -420,6 +547,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=RESULTS, help="one line per step (overwritten by a run)")
     parser.add_argument("--report", type=Path, default=REPORT)
     parser.add_argument("--report-only", action="store_true", help="only render the report from the results")
+    parser.add_argument(
+        "--paired-results", type=Path, default=PAIRED_RESULTS, help="glimp eval records of glimp and random under plain"
+    )
+    parser.add_argument("--paired-calibration", type=Path, default=PAIRED_CALIBRATION)
+    parser.add_argument(
+        "--steps-results", type=Path, default=STEPS_RESULTS, help="the same comparison under steps (bench/REPORT.md's)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)

@@ -153,3 +153,43 @@ def test_glimp_calibrate_runs_plain(
     assert "glimp: tau=" in result.output and "(3 steps of 1 problems)" in result.output
     no_errors(fake_small, fake_large, model=model)
     assert user_messages(fake_small) == {PLAIN.user_message(QUESTION)}
+
+
+def _plain_check() -> Any:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "plain_prompt_check.py"
+    spec = importlib.util.spec_from_file_location("plain_prompt_check", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["plain_prompt_check"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _runs(job: str, right: Callable[[int], bool], large_steps: int, n: int = 100) -> list[dict]:
+    return [
+        {"job": job, "id": f"q{i}", "error": None, "correct": right(i), "steps": 4, "large_steps": large_steps}
+        for i in range(n)
+    ]
+
+
+def test_the_paired_comparison_reads_its_verdict_from_the_records() -> None:
+    check = _plain_check()
+    steps = _runs("glimp@0.7994", lambda i: i % 4 == 0, 1) + _runs("random@0.75", lambda i: i % 4 == 0, 1)
+    # glimp right on every even problem, random on every fourth: 25 problems only glimp got right
+    better = _runs("glimp@1.5", lambda i: i % 2 == 0, 1) + _runs("random@0.75", lambda i: i % 4 == 0, 1)
+    text = "\n".join(check.paired_section(better, steps, "glimp: tau=1.5 for a large-step share of 25%"))
+    assert "right on 50 vs 25; only one of them right on 25 (25 glimp, 0 random)" in text
+    assert "Reading: H_init carries signal under `plain`" in text
+    assert "Under `steps` the same comparison gave 0 vs 0 (p = 1.00): a different verdict." in text
+    same = _runs("glimp@1.5", lambda i: i % 4 == 0, 1) + _runs("random@0.75", lambda i: i % 4 == 1, 1)
+    text = "\n".join(check.paired_section(same, steps, None))
+    assert "not distinguishable from random at the same share" in text and "the same verdict" in text
+    apart = _runs("glimp@1.5", lambda i: i % 2 == 0, 2) + _runs("random@0.75", lambda i: i % 4 == 0, 1)
+    text = "\n".join(check.paired_section(apart, steps, None))
+    assert "large-step shares 25% apart (50% vs 25%)" in text and "No random job ran at glimp's realised share" in text
+    assert "Reading:" not in text
+    assert "(not run yet)" in "\n".join(check.paired_section([], steps, None))
