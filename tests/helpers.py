@@ -1,7 +1,12 @@
-"""Helpers both test tiers share: a callback that records chat-model runs, and the calculator tool's schema."""
+"""Helpers both test tiers share: a callback that records chat-model runs, the calculator tool's schema, and a
+loader for the scripts in bench/."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 from uuid import UUID
 
@@ -44,3 +49,17 @@ class CallRecorder(BaseCallbackHandler):
         params = kwargs.get("invocation_params") or {}
         tools = [t.get("function", {}).get("name") for t in params.get("tools") or []]
         self.calls.append({"name": name, "tags": tags or [], "metadata": metadata or {}, "tools": tools})
+
+
+def load_bench(name: str, *, as_name: str | None = None) -> ModuleType:
+    """Import ``bench/<name>.py`` (bench/ is not a package) as the module ``as_name`` (default ``name``).
+
+    The module goes into ``sys.modules`` first: dataclasses resolve their module by name.
+    """
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(as_name or name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import importlib.util
 import os
 import re
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 
 from glimp_graph import Endpoint, create_glimp_graph
 from glimp_graph.serving import LocalModels
+from tests.helpers import load_bench
 from tests.integration.conftest import cache_dir
 
 pytestmark = pytest.mark.integration
@@ -36,12 +36,7 @@ OVERALL_TIMEOUT_S = 420.0  # generous: the machine may be busy
 
 
 def _load_module():
-    spec = importlib.util.spec_from_file_location("glimp_bench_load", LOAD_PY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("load", as_name="glimp_bench_load")
 
 
 @pytest.fixture(scope="module")

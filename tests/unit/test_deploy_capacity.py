@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import load_bench
+
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "bench" / "deploy_capacity.py"
 
 
 @pytest.fixture(scope="module")
 def cap() -> Any:
-    spec = importlib.util.spec_from_file_location("deploy_capacity", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["deploy_capacity"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("deploy_capacity")
 
 
 def _costs(big_decode: float = 10.0, tiny_decode: float = 2.0, batch_rows: str = "") -> str:

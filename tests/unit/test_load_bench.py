@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import importlib.util
 import json
 import os
 import re
@@ -26,6 +25,7 @@ import pytest
 
 from glimp_graph import GlimpConfig, create_glimp_graph
 from glimp_graph.router_server import create_app
+from tests.helpers import load_bench
 from tests.unit.conftest import FakeServer, ScriptedModel, ScriptStep, endpoint, is_probe
 
 LOAD_PY = Path(__file__).resolve().parents[2] / "bench" / "load.py"
@@ -42,12 +42,7 @@ def load_module() -> Any:
     """``bench/load.py`` as a module (imported by path: ``bench`` is no package)."""
     if "glimp_bench_load" in sys.modules:
         return sys.modules["glimp_bench_load"]
-    spec = importlib.util.spec_from_file_location("glimp_bench_load", LOAD_PY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("load", as_name="glimp_bench_load")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from glimp_graph import PLAIN, PRESETS, STEPS, GlimpConfig
 from glimp_graph.cli import main
 from glimp_graph.eval import load_records
 from glimp_graph.eval.runner import check_prompts
+from tests.helpers import load_bench
 from tests.unit.conftest import FakeServer, ScriptedModel, ScriptStep
 from tests.unit.test_graph import QUESTION, THREE, build, no_errors
 
@@ -155,20 +156,6 @@ def test_glimp_calibrate_runs_plain(
     assert user_messages(fake_small) == {PLAIN.user_message(QUESTION)}
 
 
-def _plain_check() -> Any:
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "bench" / "plain_prompt_check.py"
-    spec = importlib.util.spec_from_file_location("plain_prompt_check", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["plain_prompt_check"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _runs(job: str, right: Callable[[int], bool], large_steps: int, n: int = 100) -> list[dict]:
     return [
         {"job": job, "id": f"q{i}", "error": None, "correct": right(i), "steps": 4, "large_steps": large_steps}
@@ -177,7 +164,7 @@ def _runs(job: str, right: Callable[[int], bool], large_steps: int, n: int = 100
 
 
 def test_the_paired_comparison_reads_its_verdict_from_the_records() -> None:
-    check = _plain_check()
+    check = load_bench("plain_prompt_check")
     steps = _runs("glimp@0.7994", lambda i: i % 4 == 0, 1) + _runs("random@0.75", lambda i: i % 4 == 0, 1)
     # glimp right on every even problem, random on every fourth: 25 problems only glimp got right
     better = _runs("glimp@1.5", lambda i: i % 2 == 0, 1) + _runs("random@0.75", lambda i: i % 4 == 0, 1)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ from typing import Any
 import pytest
 
 from glimp_graph.eval import load_records
+from tests.helpers import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 40
@@ -19,12 +18,7 @@ N = 40
 
 @pytest.fixture(scope="module")
 def report() -> Any:
-    spec = importlib.util.spec_from_file_location("run_report", ROOT / "bench" / "run_report.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_report"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("run_report")
 
 
 CALIBRATION = {"target_large_share": 0.25, "problems": "synthetic rows", "taus": {"glimp": 0.8, "random": 0.75}}
