@@ -423,6 +423,13 @@ def _share(runs: Sequence[dict[str, Any]]) -> float:
     return sum(int(r.get("large_steps") or 0) for r in runs) / steps if steps else math.nan
 
 
+def _better(p: Any) -> str:
+    """Which job of a :class:`~glimp_graph.eval.compare.Paired` is right more often at the 5% level, else neither."""
+    if p.p_value >= 0.05:
+        return "neither"
+    return "glimp" if p.only_a > p.only_b else "random"
+
+
 def _comparisons(records: list[dict[str, Any]], glimp: str, randoms: Sequence[str]) -> tuple[list[str], list[Any]]:
     """One sentence per random job: glimp against it on the same problems, and the :class:`Paired` results."""
     from glimp_graph.eval import paired
@@ -435,13 +442,11 @@ def _comparisons(records: list[dict[str, Any]], glimp: str, randoms: Sequence[st
     for random in randoms:
         p = paired(records, glimp, random)
         gap = _share(ok[glimp]) - _share(ok[random])
-        verdict = (
-            f"glimp right more often, significant (sign test p = {p.p_value:.3f})"
-            if p.p_value < 0.05 and p.only_a > p.only_b
-            else f"random right more often, significant (sign test p = {p.p_value:.3f})"
-            if p.p_value < 0.05
-            else f"no significant difference (sign test p = {p.p_value:.2f})"
-        )
+        verdict = {
+            "glimp": f"glimp right more often, significant (sign test p = {p.p_value:.3f})",
+            "random": f"random right more often, significant (sign test p = {p.p_value:.3f})",
+            "neither": f"no significant difference (sign test p = {p.p_value:.2f})",
+        }[_better(p)]
         shares = "the same large-step share" if abs(gap) <= SHARE_GAP else f"large-step shares {abs(gap):.0%} apart"
         out.append(
             f"- `{glimp}` against `{random}` on the same {p.n} problems: right on {p.both + p.only_a} vs "
@@ -503,9 +508,9 @@ def paired_section(plain: list[dict[str, Any]], steps: list[dict[str, Any]], cal
         )
     else:
         p, _ = matched[0]
-        if p.p_value < 0.05 and p.only_a > p.only_b:
+        if _better(p) == "glimp":
             finding = "H_init carries signal under `plain`: glimp is right more often than random at the same share"
-        elif p.p_value < 0.05:
+        elif _better(p) == "random":
             finding = "under `plain` glimp's routing is worse than random at the same share"
         else:
             finding = (
@@ -514,15 +519,12 @@ def paired_section(plain: list[dict[str, Any]], steps: list[dict[str, Any]], cal
             )
         out.append(f"Reading: {finding}.")
         if steps_results:
-            sp, _ = steps_results[0]
+            sp, steps_gap = steps_results[0]
+            share = "at the same share" if abs(steps_gap) <= SHARE_GAP else f"at shares {abs(steps_gap):.0%} apart"
             out.append(
-                f"Under `steps` the same comparison gave {sp.only_a} vs {sp.only_b} "
+                f"Under `steps` ({share}) the same comparison gave {sp.only_a} vs {sp.only_b} "
                 f"(p = {sp.p_value:.2f}): "
-                + (
-                    "the same verdict."
-                    if (sp.p_value < 0.05) == (p.p_value < 0.05) and (sp.only_a > sp.only_b) == (p.only_a > p.only_b)
-                    else "a different verdict."
-                )
+                + ("the same verdict." if _better(sp) == _better(p) else "a different verdict.")
             )
     return [*out, "", "### How it was run", "", *PAIRED_HOW]
 
@@ -534,7 +536,10 @@ def _load(path: Path) -> list[dict[str, Any]]:
 
 
 def _paired_inputs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
-    calibration = args.paired_calibration.read_text(encoding="utf-8") if args.paired_calibration.exists() else None
+    calibration = None
+    if args.paired_calibration.exists():  # glimp calibrate's output: a histogram of the scores, then the result
+        found = [x for x in args.paired_calibration.read_text(encoding="utf-8").splitlines() if "tau=" in x]
+        calibration = found[-1] if found else None
     return _load(args.paired_results), _load(args.steps_results), calibration
 
 

@@ -171,10 +171,18 @@ def test_the_paired_comparison_reads_its_verdict_from_the_records() -> None:
     text = "\n".join(check.paired_section(better, steps, "glimp: tau=1.5 for a large-step share of 25%"))
     assert "right on 50 vs 25; only one of them right on 25 (25 glimp, 0 random)" in text
     assert "Reading: H_init carries signal under `plain`" in text
-    assert "Under `steps` the same comparison gave 0 vs 0 (p = 1.00): a different verdict." in text
+    assert "Under `steps` (at the same share) the same comparison gave 0 vs 0 (p = 1.00): a different verdict." in text
     same = _runs("glimp@1.5", lambda i: i % 4 == 0, 1) + _runs("random@0.75", lambda i: i % 4 == 1, 1)
     text = "\n".join(check.paired_section(same, steps, None))
     assert "not distinguishable from random at the same share" in text and "the same verdict" in text
+    # no significant difference either way is one verdict, whichever job was right on more problems
+    glimp_leans = _runs("glimp@1.5", lambda i: i % 4 == 0 or i in (2, 6), 1) + _runs(
+        "random@0.75", lambda i: i % 4 == 1, 1
+    )
+    random_leans = _runs("glimp@0.7994", lambda i: i % 10 == 0, 1)
+    random_leans += _runs("random@0.75", lambda i: i % 10 == 0 or i % 50 == 1, 1)
+    text = "\n".join(check.paired_section(glimp_leans, random_leans, None))
+    assert "(27 glimp, 25 random)" in text and "gave 0 vs 2 (p = 0.50): the same verdict." in text
     apart = _runs("glimp@1.5", lambda i: i % 2 == 0, 2) + _runs("random@0.75", lambda i: i % 4 == 0, 1)
     text = "\n".join(check.paired_section(apart, steps, None))
     assert "large-step shares 25% apart (50% vs 25%)" in text and "No random job ran at glimp's realised share" in text
