@@ -903,6 +903,14 @@ def _projection_section(records: list[dict], labels: Sequence[str]) -> list[str]
     return out
 
 
+def _states_text(records: list[dict]) -> str:
+    """Each job's code states with their record counts, as one line of prose (jobs apart by semicolons)."""
+    return "; ".join(
+        f"`{job}` {', '.join(f'{state} ({n})' for state, n in states.items())}"
+        for job, states in states_by_job(records).items()
+    )
+
+
 def _math_section(records: list[dict], calibration: dict, args: argparse.Namespace) -> list[str]:
     """MATH-500's first rows: glimp, small-only, large-only and random, graded with math-verify."""
     done = {r["job"] for r in records if not r.get("error")}
@@ -916,12 +924,7 @@ def _math_section(records: list[dict], calibration: dict, args: argparse.Namespa
         f"MATH-500 dev rows 0..{args.math_n - 1} (../shared/data/math500_dev.jsonl), the same pair, budgets and "
         f"order as above; answers graded with math-verify. Thresholds calibrated for a "
         f"{calibration.get('target_large_share', '?')} large-step share on {math.get('problems', '?')}: "
-        f"`{math.get('taus', {})}`. Code states: "
-        + "; ".join(
-            f"`{job}` {', '.join(f'{state} ({n})' for state, n in states.items())}"
-            for job, states in states_by_job(records).items()
-        )
-        + ".",
+        f"`{math.get('taus', {})}`. Code states: {_states_text(records)}.",
         "",
         markdown_table(rows),
     ]
@@ -945,15 +948,12 @@ def _earlier_section(earlier: list[dict], measured: Sequence[str], seed: int) ->
     if not jobs or not any(r["job"] == "large-only" for r in earlier):
         return []
     shown = [r for r in earlier if r["job"] in (*jobs, "large-only")]
-    states = states_by_job(shown)
     return [
         "## Earlier jobs (another run, other code states)",
         "",
         "Jobs this run did not measure, from the earlier results file, each against that run's own `large-only` "
         "on the problems they share (never against this run's: the machine's speed drifts between sessions). "
-        "Their thresholds were calibrated on 6 problems. Code states: "
-        + "; ".join(f"`{job}` {', '.join(f'{st} ({n})' for st, n in states[job].items())}" for job in states)
-        + ".",
+        f"Their thresholds were calibrated on 6 problems. Code states: {_states_text(shown)}.",
         "",
         markdown_table(summarize(shown, seed=seed)),
     ]
