@@ -14,40 +14,20 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.unit.conftest import FakeServer, ScriptedModel, ScriptStep, unused_port
+from tests.unit import conftest as unit
+from tests.unit.conftest import ScriptStep, unused_port
+
+# The unit tier's fake servers and scripted model, as fixtures of this module (pytest collects the fixtures a module
+# holds, wherever they were defined).
+fake_small, fake_large, scripted = unit.fake_small, unit.fake_large, unit.scripted
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fake_small() -> Iterator[FakeServer]:
-    server = FakeServer("vllm")
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def fake_large() -> Iterator[FakeServer]:
-    server = FakeServer("vllm")
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def scripted(fake_small: FakeServer, fake_large: FakeServer) -> Callable[..., ScriptedModel]:
-    """``scripted([ScriptStep(...), ...], answer=...)`` installs a :class:`ScriptedModel` on both fake servers."""
-
-    def make(steps: list[ScriptStep], **kwargs: Any) -> ScriptedModel:
-        return ScriptedModel(steps=steps, **kwargs).install(fake_small, fake_large)
-
-    return make
 
 
 def test_serve_router_two_workers_share_the_socket_and_report_one_set_of_metrics(

@@ -369,17 +369,24 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def script_args(tmp_path: Path) -> tuple[list[str], Path]:
+    """``bench/load.py`` arguments for graph mode at N=1,2 over 8 questions written under ``tmp_path``, and the
+    report they write."""
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} * 3?"}) + "\n" for i in range(8)))
+    out = tmp_path / "LOAD.md"
+    args = ["--via", "graph", "--levels", "1,2", "--questions", "2", "--proxy-calls", "0", "--data", str(data)]
+    return [*args, "--out", str(out)], out
+
+
 @pytest.fixture
 def script(load, monkeypatch, tmp_path) -> Any:
     """``main`` on stand-ins for the two llama-servers (graph mode, the proxy in front of the large one)."""
     small, large = FakeServer("llamacpp"), FakeServer("llamacpp")
     per_question_answers(load, ScriptedModel(steps=STEPS), small, large)
     monkeypatch.setattr(load, "start_servers", lambda args: ([_StandIn(small), _StandIn(large)], "/no/such/binary"))
-    data = tmp_path / "questions.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} * 3?"}) + "\n" for i in range(8)))
-    out = tmp_path / "LOAD.md"
-    common = ["--via", "graph", "--levels", "1,2", "--questions", "2", "--proxy-calls", "0", "--data", str(data)]
-    yield lambda *extra: load.main([*common, "--out", str(out), *extra]), out
+    common, out = script_args(tmp_path)
+    yield lambda *extra: load.main([*common, *extra]), out
     small.close()
     large.close()
 
@@ -421,13 +428,10 @@ sys.exit(load.main(sys.argv[1:]))
 def test_an_interrupted_run_keeps_the_levels_it_finished(tmp_path) -> None:
     # in a process of its own: a KeyboardInterrupt through asyncio leaves CPython 3.11's ast module unusable for
     # the rest of the process ("AST constructor recursion depth mismatch" in test_layers)
-    data = tmp_path / "questions.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} * 3?"}) + "\n" for i in range(8)))
-    out = tmp_path / "LOAD.md"
-    args = ["--via", "graph", "--levels", "1,2", "--questions", "2", "--proxy-calls", "0", "--data", str(data)]
+    args, out = script_args(tmp_path)
     root = LOAD_PY.parents[1]
     done = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_RUN, *args, "--out", str(out)],
+        [sys.executable, "-c", INTERRUPTED_RUN, *args],
         cwd=root,
         capture_output=True,
         text=True,
