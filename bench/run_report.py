@@ -328,10 +328,12 @@ def _provenance_section(
 ) -> list[str]:
     shown = [r for r in records if r["job"] in labels and not r.get("error")]
     states = states_by_job(shown)
+    measured_by = {state for job_states in states.values() for state in job_states}
+    same = "the state that measured every record below" if measured_by == {rendered_at} else "not what measured them"
     out = [
         "## Provenance",
         "",
-        f"Rendered by `bench/run_report.py` at code state `{rendered_at}`; that is not what measured the records. "
+        f"Rendered by `bench/run_report.py` at code state `{rendered_at}`: {same}. "
         "What measured each job's records (`code <tree>`: the git tree of `glimp_graph/`, one state however many "
         "commits touched only files outside it, with those commits listed; a bare commit for records that name "
         "no tree; `+dirty` when the package's files differed from it; `unrecorded` for records written before "
@@ -1110,7 +1112,7 @@ def render(
     sweep_note = (
         f" glimp's extra thresholds, for large-step shares {args.sweep_shares}, were calibrated the same way: "
         f"`{calibration.get('sweep', {})}`; random ran at shares {args.random_shares} too."
-        if sweep_labels
+        if args.sweep_shares or args.random_shares
         else ""
     )
     glimp = Job("glimp", taus.get("glimp")).label
@@ -1155,12 +1157,13 @@ def render(
         markdown_stalls(stalls),
     ]
     if sweep_rows:
+        extra_thresholds = set(sweep_done) - {Job(v, taus.get(v)).label for v in VARIANTS}
         lines += [
             "## Variants and threshold sweep",
             "",
             "Every job on the problems all of them finished: the main jobs, the extensions "
             f"({', '.join(f'`{v}`' for v in VARIANTS)}: {'; '.join(STRATEGIES[v].description for v in VARIANTS)}; "
-            "threshold calibrated like the main ones) and the extra thresholds.",
+            "threshold calibrated like the main ones)" + (" and the extra thresholds." if extra_thresholds else "."),
             "",
             markdown_table(sweep_rows),
             *_sweep_claims(records, sweep_rows, glimp, args.seed),

@@ -166,6 +166,9 @@ def test_commits_that_left_the_package_alone_are_one_code_state(report):
 
     text = _render(report, _records(provenance=two_commits_one_tree))  # no --mix-commits needed
     assert "pools records" not in text and "| glimp@0.8 | code eeeeeee | aaaaaaa, bbbbbbb | 0-39 | 40 |" in text
+    assert "at code state `unknown`: not what measured them" in text
+    same = _render(report, _records(provenance=two_commits_one_tree), rendered_at="code eeeeeee")
+    assert "at code state `code eeeeeee`: the state that measured every record below" in same
 
     def two_trees(job: str, i: int) -> dict:
         return {"commit": "a" * 40, "tree": "e" * 40 if i < N // 2 else "f" * 40, "dirty": False}
