@@ -1087,8 +1087,8 @@ def render(
     records = [r if "row" in r or r["id"] not in rows_of else {**r, "row": rows_of[r["id"]]} for r in records]
     taus = calibration.get("taus", {})
     main_labels = [Job(name, taus.get(name)).label for name in MAIN]
-    sweep_labels = [Job(name, taus[name]).label for name in VARIANTS if name in taus]
-    sweep_labels += [job.label for job in sweep_jobs(calibration, args)]
+    variant_labels = [Job(name, taus[name]).label for name in VARIANTS if name in taus]
+    sweep_labels = variant_labels + [job.label for job in sweep_jobs(calibration, args)]
     done = {r["job"] for r in records if not r.get("error")}
     finished = {label for label in done if sum(r["job"] == label and not r.get("error") for r in records) >= args.n}
     sweep_done = [label for label in sweep_labels if label in finished]  # a partial job would shrink the table
@@ -1157,13 +1157,13 @@ def render(
         markdown_stalls(stalls),
     ]
     if sweep_rows:
-        extra_thresholds = set(sweep_done) - {Job(v, taus.get(v)).label for v in VARIANTS}
         lines += [
             "## Variants and threshold sweep",
             "",
             "Every job on the problems all of them finished: the main jobs, the extensions "
             f"({', '.join(f'`{v}`' for v in VARIANTS)}: {'; '.join(STRATEGIES[v].description for v in VARIANTS)}; "
-            "threshold calibrated like the main ones)" + (" and the extra thresholds." if extra_thresholds else "."),
+            "threshold calibrated like the main ones)"
+            + (" and the extra thresholds." if set(sweep_done) - set(variant_labels) else "."),
             "",
             markdown_table(sweep_rows),
             *_sweep_claims(records, sweep_rows, glimp, args.seed),
